@@ -1,0 +1,19 @@
+"""i2m2kit: Inter- and Intra-Modality Modeling (I2M2, NeurIPS 2024).
+
+A multi-modal classifier as a product of experts: one expert per modality (intra-modality
+dependencies) and a joint expert (inter-modality dependencies), their logits summed.
+"""
+
+from .experts import HEADS, I2M2, Expert, Output
+from .metrics import evaluate_probs, expected_calibration_error, vqa_score
+from .simulate import SelectionBatch, SelectionModel
+from .train import (REGIMES, FitResult, Predictions, TensorData, compare_models, evaluate, fit,
+                    predict, resolve_device)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HEADS", "I2M2", "Expert", "Output", "evaluate_probs", "expected_calibration_error",
+    "vqa_score", "SelectionBatch", "SelectionModel", "REGIMES", "FitResult", "Predictions",
+    "TensorData", "compare_models", "evaluate", "fit", "predict", "resolve_device",
+]

@@ -1,0 +1,108 @@
+"""The command line: ``i2m2kit run`` (the main job) and ``i2m2kit doctor`` (the install)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def doctor() -> int:
+    """Report the torch build and refuse a CUDA build on a machine without an NVIDIA GPU."""
+    has_gpu = shutil.which("nvidia-smi") is not None and subprocess.run(
+        ["nvidia-smi", "-L"], capture_output=True).returncode == 0
+    cuda_wheels = sorted(d.metadata["Name"] for d in importlib.metadata.distributions()
+                         if (d.metadata["Name"] or "").lower().startswith("nvidia-"))
+    print(f"torch {torch.__version__} (CUDA build: {torch.version.cuda or 'no'}); "
+          f"NVIDIA GPU: {'yes' if has_gpu else 'no'}; CUDA available to torch: {torch.cuda.is_available()}")
+    if not has_gpu and (torch.version.cuda or cuda_wheels):
+        print(f"error: a CUDA build of torch was installed on a machine without an NVIDIA GPU "
+              f"({', '.join(cuda_wheels) or torch.__version__}); reinstall with "
+              f"'pip install -c constraints-cpu.txt -e .'", file=sys.stderr)
+        return 1
+    return 0
+
+
+def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """A plain-text table of ``rows`` with ``(key, header)`` columns; floats to 4 places."""
+    cells = [[h for _, h in columns]]
+    for r in rows:
+        cells.append([f"{r[k]:.4f}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k, _ in columns])
+    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_json_atomic(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The main job: the five models on selection-variable data, next to the Bayes limit."""
+    from .simulate import SelectionModel
+    from .tasks import synthetic
+    from .train import compare_models
+
+    sim = SelectionModel(n_classes=args.classes, dims=tuple(args.dims), intra=tuple(args.intra),
+                         inter=args.inter, seed=args.seed)
+    batches = {"train": sim.sample(args.n_train), "valid": sim.sample(args.n_valid), "test": sim.sample(args.n_test)}
+    data = {name: synthetic.dataset(b) for name, b in batches.items()}
+    bayes = sim.bayes_accuracy(batches["test"])
+    rows = compare_models(
+        lambda: synthetic.build_model(sim.dims, sim.n_classes, args.hidden),
+        data["train"], data["valid"], data["test"],
+        epochs=args.epochs, batch_size=args.batch_size, monitor="accuracy", patience=args.patience,
+        regime=args.regime, device=args.device, seed=args.seed, progress=not args.no_progress,
+    )
+    for r in rows:
+        r["of_bayes"] = r["accuracy"] / bayes
+    print(f"\nSelection-variable data: {args.classes} classes, dims {tuple(args.dims)}, intra "
+          f"{tuple(args.intra)}, inter {args.inter}; {args.n_train} train / {args.n_test} test "
+          f"samples (acceptance {batches['train'].acceptance:.2f}). Bayes accuracy {bayes:.4f}.\n")
+    print(format_table(rows, [("model", "model"), ("accuracy", "accuracy"), ("of_bayes", "of Bayes"),
+                              ("auroc", "AUROC"), ("nll", "NLL"), ("ece", "ECE"),
+                              ("best_epoch", "best epoch"), ("train_seconds", "train s")]))
+    out = Path(args.out) / "synthetic_results.json"
+    write_json_atomic({"config": vars(args), "bayes_accuracy": bayes, "models": rows}, out)
+    print(f"\nwrote {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="i2m2kit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("doctor", help="check the installed torch build against this machine")
+    r = sub.add_parser("run", help="the main job: uni-modal, intra, inter and I2M2 against the Bayes limit")
+    r.add_argument("--out", default="outputs", help="folder for the results (default: outputs)")
+    r.add_argument("--classes", type=int, default=2)
+    r.add_argument("--dims", type=int, nargs=2, default=(8, 8), metavar=("D_X", "D_X2"))
+    r.add_argument("--intra", type=float, nargs=2, default=(1.0, 1.0), metavar=("S_X", "S_X2"))
+    r.add_argument("--inter", type=float, default=3.0)
+    r.add_argument("--n-train", type=int, default=20_000)
+    r.add_argument("--n-valid", type=int, default=5_000)
+    r.add_argument("--n-test", type=int, default=20_000)
+    r.add_argument("--epochs", type=int, default=20)
+    r.add_argument("--patience", type=int, default=5)
+    r.add_argument("--batch-size", type=int, default=128)
+    r.add_argument("--hidden", type=int, default=64)
+    r.add_argument("--regime", default="joint", choices=["joint", "pretrain_finetune"])
+    r.add_argument("--device", default="auto")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.command == "doctor":
+        return doctor()
+    return run(args)

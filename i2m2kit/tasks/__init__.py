@@ -1,0 +1,1 @@
+"""One module per benchmark task: its prepared-data reader and its expert backbones."""

@@ -1,0 +1,402 @@
+"""The one training loop: every benchmark, every model, every regime of the published code.
+
+Regimes:
+
+* ``"joint"``: all experts trained together from scratch on the one loss of the combined
+  output (MIMIC-III, fastMRI).
+* ``"pretrain_finetune"``: each expert is first trained alone (its own uni-modal or
+  inter-modality model, a view sharing its parameters), then all are fine-tuned jointly
+  (AV-MNIST).
+* ``"frozen_backbone"``: the model's shared backbone is frozen and only the experts, the
+  heads, are trained (VQA, NLVR2).
+
+A checkpoint (``state_dict``s, RNG state, history; written atomically) is saved after every
+epoch; ``resume=True`` continues from it to the same result as an uninterrupted run: the
+shuffling of each epoch is seeded from (seed, phase, epoch) and the RNG state that dropout
+draws from is restored.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from tqdm.auto import tqdm
+
+from .experts import I2M2, log_probs
+from .metrics import evaluate_probs
+
+REGIMES = ("joint", "pretrain_finetune", "frozen_backbone")
+LOWER_IS_BETTER = ("loss", "nll", "ece")
+CHECKPOINT_FORMAT = 1
+
+
+class TensorData(Dataset):
+    """In-memory multi-modal data: ``{modality: (N, ...)}`` and targets ``(N, ...)``.
+
+    Indexing with a list of indices returns a whole batch, so the loader slices tensors
+    instead of collating N single examples.
+    """
+
+    def __init__(self, inputs: Mapping[str, torch.Tensor], targets: torch.Tensor):
+        n = len(targets)
+        for name, x in inputs.items():
+            if len(x) != n:
+                raise ValueError(f"modality {name!r} has {len(x)} examples but there are {n} targets")
+        self.inputs = dict(inputs)
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index):
+        return {k: v[index] for k, v in self.inputs.items()}, self.targets[index]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def make_loader(data: Dataset | DataLoader, batch_size: int, shuffle: bool = False,
+                generator: torch.Generator | None = None) -> DataLoader:
+    """Batches of ``(inputs dict, targets)``. A DataLoader given by the user is used as is."""
+    if isinstance(data, DataLoader):
+        return data
+    if isinstance(data, TensorData):
+        order = RandomSampler(data, generator=generator) if shuffle else SequentialSampler(data)
+        return DataLoader(data, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None)
+    return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+def _to(batch_inputs: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch_inputs.items()}
+
+
+def _autocast(device: torch.device, amp: bool):
+    # Mixed precision on CUDA only: bfloat16 where supported (no loss scaling needed).
+    enabled = amp and device.type == "cuda"
+    dtype = torch.bfloat16 if enabled and torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+
+
+@dataclass
+class Predictions:
+    """Everything a model said about a dataset, on the CPU."""
+
+    logits: torch.Tensor
+    expert_logits: dict[str, torch.Tensor]
+    targets: torch.Tensor
+    head: str
+
+    @property
+    def probs(self) -> torch.Tensor:
+        # float64 so that each row sums to one to within rounding
+        return log_probs(self.logits.double(), self.head).exp()
+
+
+@torch.no_grad()
+def predict(model: I2M2, data, batch_size: int = 512, device: str | torch.device = "auto",
+            amp: bool = True, progress: bool = False) -> Predictions:
+    device = resolve_device(device)
+    was_training = model.training
+    model.to(device).eval()
+    logits, experts, targets = [], {}, []
+    for inputs, target in tqdm(make_loader(data, batch_size), desc="predict", leave=False, disable=not progress):
+        with _autocast(device, amp):
+            out = model(_to(inputs, device))
+        logits.append(out.logits.float().cpu())
+        for name, z in out.expert_logits.items():
+            experts.setdefault(name, []).append(z.float().cpu())
+        targets.append(target)
+    model.train(was_training)
+    return Predictions(torch.cat(logits), {n: torch.cat(z) for n, z in experts.items()},
+                       torch.cat(targets), model.head)
+
+
+def evaluate(model: I2M2, data, batch_size: int = 512, device: str | torch.device = "auto",
+             loss_weight: torch.Tensor | None = None, amp: bool = True) -> dict[str, float]:
+    """The loss and every metric that fits the model's head, from probabilities."""
+    p = predict(model, data, batch_size, device, amp)
+    weight = None if loss_weight is None else loss_weight.cpu()
+    metrics = {"loss": float(model.loss(p.logits, p.targets, weight))}
+    metrics.update(evaluate_probs(p.probs.numpy(), p.targets.numpy(), model.head))
+    return metrics
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temporary name beside ``path``, then rename: never half-written."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _prepare_checkpoint_dir(directory: Path, resume: bool) -> dict | None:
+    """Check the directory before any training; return the state to resume from, if any."""
+    last = directory / "last.pt"
+    if last.exists() and not resume:
+        raise FileExistsError(
+            f"{last} holds an earlier training run; pass resume=True to continue it, "
+            f"or choose another checkpoint_dir"
+        )
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"cannot write checkpoints to {directory}: {e.strerror or e}") from e
+    if not (resume and last.exists()):
+        return None
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{last} is not an i2m2kit checkpoint of format {CHECKPOINT_FORMAT}")
+    return state
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class Phase:
+    name: str
+    model: I2M2
+    epochs: int
+
+
+def training_phases(model: I2M2, regime: str, epochs: int, pretrain_epochs: int | None = None) -> list[Phase]:
+    if regime == "pretrain_finetune":
+        pre = [Phase(f"pretrain:{n}", model.subset(n), pretrain_epochs or epochs) for n in model.experts]
+        return pre + [Phase("finetune", model, epochs)]
+    if regime == "frozen_backbone":
+        if model.backbone is None:
+            raise ValueError("regime='frozen_backbone' needs a model built with a backbone")
+        return [Phase("heads", model, epochs)]
+    if regime == "joint":
+        return [Phase("joint", model, epochs)]
+    raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch of every phase
+    best: dict[str, float] = field(default_factory=dict)  # validation metrics of the kept model
+    best_epoch: int = 0  # epoch of the final phase whose weights were kept
+
+
+def _better(value: float, best: float | None, monitor: str) -> bool:
+    if best is None:
+        return True
+    return value < best if monitor in LOWER_IS_BETTER else value > best
+
+
+def fit(
+    model: I2M2,
+    train: Dataset | DataLoader,
+    valid: Dataset | DataLoader | None = None,
+    *,
+    epochs: int = 10,
+    regime: str = "joint",
+    pretrain_epochs: int | None = None,
+    optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer] | None = None,
+    batch_size: int = 64,
+    clip_grad_norm: float | None = None,
+    loss_weight: torch.Tensor | None = None,
+    monitor: str = "loss",
+    patience: int | None = None,
+    restore_best: bool = True,
+    device: str | torch.device = "auto",
+    amp: bool = True,
+    seed: int = 0,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> FitResult:
+    """Train ``model`` in place and return its history.
+
+    Args:
+        optimizer: a factory ``params -> torch.optim.Optimizer``, e.g.
+            ``functools.partial(torch.optim.SGD, lr=0.01, weight_decay=1e-4)``; each phase
+            gets a fresh one. Default: Adam with lr 1e-3.
+        monitor: validation metric for early stopping and model selection ("loss",
+            "accuracy", "auroc", "auprc", "vqa_score", ...); lower is better for loss, nll, ece.
+        patience: stop a phase after this many epochs without improvement (None: never).
+        restore_best: end each phase with the weights of its best validation epoch.
+        loss_weight: per-class (multiclass) or per-label positive (multilabel) loss weight.
+        checkpoint_dir: where ``last.pt`` (to resume) and ``model.pt`` (the final
+            state_dict) go. An existing run there is never overwritten: pass ``resume=True``.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if patience is not None and valid is None:
+        raise ValueError("patience (early stopping) needs a validation set: pass valid")
+    make_optimizer = optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3))
+    device = resolve_device(device)
+    phases = training_phases(model, regime, epochs, pretrain_epochs)
+    directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    state = _prepare_checkpoint_dir(directory, resume) if directory is not None else None
+
+    model.to(device)
+    if regime == "frozen_backbone":
+        model.backbone.requires_grad_(False)
+    weight = None if loss_weight is None else loss_weight.to(device)
+    use_fp16 = amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+
+    result = FitResult()
+    start_phase, start_epoch = 0, 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        result = FitResult(list(state["history"]), dict(state["best_metrics"]), state["best_epoch"])
+        start_phase, start_epoch = state["phase"], state["epoch"]
+        torch.set_rng_state(state["rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+    else:
+        torch.manual_seed(seed)
+
+    for phase_index, phase in enumerate(phases):
+        if phase_index < start_phase:
+            continue
+        net = phase.model
+        params = [p for p in net.parameters() if p.requires_grad]
+        opt = make_optimizer(params)
+        scaler = torch.amp.GradScaler(device.type, enabled=use_fp16)
+        best_value, best_epoch, best_state, bad_epochs = None, 0, None, 0
+        first_epoch = 0
+        if state is not None and phase_index == start_phase:
+            first_epoch = start_epoch
+            if state["optimizer"] is not None:
+                opt.load_state_dict(state["optimizer"])
+                scaler.load_state_dict(state["scaler"])
+            best_value, best_epoch = state["best_value"], state["best_epoch"]
+            best_state, bad_epochs = state["best_state"], state["bad_epochs"]
+
+        epoch_bar = tqdm(range(first_epoch, phase.epochs), desc=phase.name, disable=not progress,
+                         initial=first_epoch, total=phase.epochs)
+        for epoch in epoch_bar:
+            if patience is not None and bad_epochs >= patience:
+                break
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + phase_index * 10_007 + epoch)
+            net.train()
+            if regime == "frozen_backbone":
+                net.backbone.eval()
+            total, count = 0.0, 0
+            for step, (inputs, target) in enumerate(tqdm(
+                make_loader(train, batch_size, shuffle=True, generator=generator),
+                desc=f"epoch {epoch + 1}", leave=False, disable=not progress,
+            )):
+                target = target.to(device, non_blocking=True)
+                with _autocast(device, amp):
+                    out = net(_to(inputs, device))
+                loss = net.loss(out.logits.float(), target, weight)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"training loss became {loss.item()} in phase {phase.name!r}, epoch "
+                        f"{epoch + 1}, step {step + 1}: check the inputs for NaN/inf or lower the learning rate"
+                    )
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if clip_grad_norm is not None:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+                scaler.step(opt)
+                scaler.update()
+                total += loss.item() * len(target)
+                count += len(target)
+
+            row: dict[str, Any] = {"phase": phase.name, "epoch": epoch + 1, "train_loss": total / count}
+            if valid is not None:
+                metrics = evaluate(net, valid, device=device, loss_weight=weight, amp=amp)
+                if monitor not in metrics:
+                    raise KeyError(f"monitor={monitor!r} is not a validation metric here; "
+                                   f"choose one of {sorted(metrics)}")
+                row.update({f"valid_{k}": v for k, v in metrics.items()})
+                if _better(metrics[monitor], best_value, monitor):
+                    best_value, best_epoch, bad_epochs = metrics[monitor], epoch + 1, 0
+                    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                    result.best, result.best_epoch = metrics, epoch + 1
+                else:
+                    bad_epochs += 1
+                epoch_bar.set_postfix(train_loss=f"{row['train_loss']:.4f}", **{monitor: f"{metrics[monitor]:.4f}"})
+            else:
+                result.best_epoch = epoch + 1
+            result.history.append(row)
+            if directory is not None:
+                save_atomic(_checkpoint(model, opt, scaler, phase_index, epoch + 1, result,
+                                        best_value, best_epoch, best_state, bad_epochs, device), directory / "last.pt")
+
+        if restore_best and best_state is not None:
+            model.load_state_dict(best_state)
+        if directory is not None:  # phase done: the next one starts from here
+            save_atomic(_checkpoint(model, None, None, phase_index + 1, 0, result,
+                                    None, 0, None, 0, device), directory / "last.pt")
+    if directory is not None:
+        save_atomic(model.state_dict(), directory / "model.pt")
+    return result
+
+
+def _checkpoint(model, opt, scaler, phase, epoch, result, best_value, best_epoch, best_state,
+                bad_epochs, device) -> dict:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "phase": phase,
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": None if opt is None else opt.state_dict(),
+        "scaler": None if scaler is None else scaler.state_dict(),
+        "best_value": best_value,
+        "best_epoch": best_epoch,
+        "best_state": best_state,
+        "bad_epochs": bad_epochs,
+        "history": result.history,
+        "best_metrics": result.best,
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+    }
+
+
+def compare_models(
+    build_model: Callable[[], I2M2],
+    train: Dataset | DataLoader,
+    valid: Dataset | DataLoader | None,
+    test: Dataset | DataLoader,
+    *,
+    names: Iterable[str] | None = None,
+    seed: int = 0,
+    checkpoint_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    **fit_kwargs: Any,
+) -> list[dict[str, Any]]:
+    """Train every model the paper compares and score each on ``test``.
+
+    Each of uni-modal, intra-modality, inter-modality and I2M2 (``model.baselines()``) is
+    cut from a freshly built model with the same seed, so they start from the same weights,
+    and trained on its own with the same ``fit`` arguments. Returns one row per model.
+    """
+    names = list(names) if names is not None else list(build_model().baselines())
+    device = fit_kwargs.get("device", "auto")
+    rows = []
+    for name in tqdm(names, desc="models", disable=not progress):
+        torch.manual_seed(seed)
+        model = build_model().baselines()[name]
+        directory = None if checkpoint_dir is None else Path(checkpoint_dir) / name.replace(":", "-")
+        started = time.perf_counter()
+        result = fit(model, train, valid, seed=seed, checkpoint_dir=directory, progress=progress, **fit_kwargs)
+        seconds = time.perf_counter() - started
+        rows.append({"model": name, **evaluate(model, test, device=device),
+                     "best_epoch": result.best_epoch, "train_seconds": seconds})
+    return rows

@@ -1,0 +1,23 @@
+import pytest
+import torch
+
+import i2m2kit as ik
+from i2m2kit.tasks import synthetic
+
+
+@pytest.fixture
+def sim():
+    return ik.SelectionModel(n_classes=2, dims=(6, 6), intra=(1.0, 1.0), inter=3.0, seed=0)
+
+
+@pytest.fixture
+def sim_data(sim):
+    return {name: synthetic.dataset(sim.sample(n)) for name, n in (("train", 4000), ("valid", 1000), ("test", 4000))}
+
+
+@pytest.fixture
+def build(sim):
+    def make():
+        torch.manual_seed(0)
+        return synthetic.build_model(sim.dims, sim.n_classes, hidden=16)
+    return make

@@ -1,0 +1,156 @@
+"""The product of experts: its arithmetic, its baselines, and its guards."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import i2m2kit as ik
+
+
+class Linear2(nn.Module):
+    """A joint network taking two modalities positionally."""
+
+    def __init__(self, d1, d2, k):
+        super().__init__()
+        self.a, self.b = nn.Linear(d1, k), nn.Linear(d2, k, bias=False)
+
+    def forward(self, x1, x2):
+        return self.a(x1) * torch.tanh(self.b(x2))
+
+
+def three_experts(k=5, head="multiclass"):
+    torch.manual_seed(0)
+    return ik.I2M2({
+        "image": ik.Expert(nn.Linear(4, k), reads="image"),
+        "audio": ik.Expert(nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, k)), reads=("audio",)),
+        "joint": ik.Expert(Linear2(4, 3, k), reads=("image", "audio")),
+    }, head=head)
+
+
+def batch(n=7):
+    torch.manual_seed(1)
+    return {"image": torch.randn(n, 4), "audio": torch.randn(n, 3)}
+
+
+def test_logits_are_the_sum_of_expert_logits_and_log_probs_match_the_published_form():
+    model, inputs = three_experts(), batch()
+    out = model(inputs)
+    assert set(out.expert_logits) == {"image", "audio", "joint"}
+    total = sum(out.expert_logits.values())
+    torch.testing.assert_close(out.logits, total)
+    torch.testing.assert_close(out.log_probs, F.log_softmax(total, dim=1))
+    # published: sum of per-expert log_softmax, renormalised with logsumexp
+    summed = sum(F.log_softmax(z, dim=1) for z in out.expert_logits.values())
+    published = summed - torch.logsumexp(summed, dim=1, keepdim=True)
+    torch.testing.assert_close(out.log_probs, published)
+    torch.testing.assert_close(out.probs.sum(1), torch.ones(7))
+
+
+def test_expert_calls_its_network_with_the_modalities_in_the_order_of_reads():
+    net = Linear2(3, 4, 2)  # first argument audio (3), second image (4)
+    expert = ik.Expert(net, reads=("audio", "image"))
+    inputs = batch()
+    torch.testing.assert_close(expert(inputs), net(inputs["audio"], inputs["image"]))
+
+
+def test_every_parameter_of_every_expert_receives_a_gradient():
+    model = three_experts()
+    out = model(batch())
+    model.loss(out.logits, torch.tensor([0, 1, 2, 3, 4, 0, 1])).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+        assert p.grad.abs().sum() > 0, f"{name} got a zero gradient"
+
+
+def test_unregistered_trainable_tensors_are_refused():
+    class LowRankFusionAsPublished(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.factors = [torch.randn(4, 2, requires_grad=True), torch.randn(3, 2, requires_grad=True)]
+
+        def forward(self, x1, x2):
+            return (x1 @ self.factors[0]) * (x2 @ self.factors[1])
+
+    with pytest.raises(TypeError, match="factors"):
+        ik.Expert(LowRankFusionAsPublished(), reads=("image", "audio"))
+
+
+def test_subsets_equal_models_built_with_only_those_experts():
+    model, inputs = three_experts(), batch()
+    experts = model.experts
+    cases = {
+        "uni:image": (model.uni("image"), ["image"]),
+        "intra": (model.intra(), ["image", "audio"]),
+        "inter": (model.inter(), ["joint"]),
+        "subset": (model.subset("audio", "joint"), ["audio", "joint"]),
+    }
+    for label, (sub, names) in cases.items():
+        alone = ik.I2M2({n: experts[n] for n in names}, modalities=model.modalities)
+        got, want = sub(inputs), alone(inputs)
+        assert list(got.expert_logits) == names, label
+        torch.testing.assert_close(got.logits, want.logits)
+        torch.testing.assert_close(got.logits, sum(experts[n](inputs) for n in names))
+    assert list(model.baselines()) == ["uni:audio", "uni:image", "intra", "inter", "i2m2"]
+    # subsets share parameters with the model they came from
+    assert model.intra().experts["image"].net.weight is model.experts["image"].net.weight
+
+
+def test_an_absent_modality_drops_the_experts_that_read_it():
+    model, inputs = three_experts(), batch()
+    out = model({"image": inputs["image"]})
+    assert list(out.expert_logits) == ["image"]
+    torch.testing.assert_close(out.logits, model.experts["image"](inputs))
+    with pytest.raises(ValueError, match="no expert can run"):
+        model.inter()({"image": inputs["image"]})
+
+
+def test_bad_inputs_name_the_culprit():
+    model, inputs = three_experts(), batch()
+    with pytest.raises(KeyError, match="'imgae'"):
+        model({"imgae": inputs["image"], "audio": inputs["audio"]})
+    with pytest.raises(KeyError, match="no expert named"):
+        model.subset("video")
+    with pytest.raises(KeyError, match="reads 'video' alone|no expert reads 'video'"):
+        model.uni("video")
+    bad = ik.I2M2({"a": ik.Expert(nn.Linear(4, 5), "image"), "b": ik.Expert(nn.Linear(3, 4), "audio")})
+    with pytest.raises(ValueError, match="expert 'b' returned logits of shape"):
+        bad(inputs)
+    with pytest.raises(ValueError, match="head"):
+        ik.I2M2({"a": ik.Expert(nn.Linear(4, 5), "image")}, head="softmax")
+
+
+def test_multilabel_head_is_the_renormalised_product_of_bernoulli_experts():
+    model, inputs = three_experts(k=4, head="multilabel"), batch()
+    out = model(inputs)
+    zs = torch.stack(list(out.expert_logits.values()))  # (experts, B, L)
+    yes, no = torch.sigmoid(zs).prod(0), torch.sigmoid(-zs).prod(0)
+    torch.testing.assert_close(out.probs, yes / (yes + no))
+    # 0/1 labels and soft scores (VQA) use the same binary cross-entropy on the summed logits
+    soft = torch.rand(7, 4)
+    torch.testing.assert_close(model.loss(out.logits, soft), F.binary_cross_entropy_with_logits(out.logits, soft))
+    pos_weight = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    torch.testing.assert_close(
+        model.loss(out.logits, soft.round(), pos_weight),
+        F.binary_cross_entropy_with_logits(out.logits, soft.round(), pos_weight=pos_weight))
+
+
+def test_shared_backbone_runs_once_and_feeds_the_experts():
+    calls = []
+
+    class Backbone(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(4, 6)
+
+        def forward(self, inputs):
+            calls.append(1)
+            return {"image": self.proj(inputs["image"]), "audio": inputs["audio"]}
+
+    model = ik.I2M2({
+        "image": ik.Expert(nn.Linear(6, 2), "image"),
+        "joint": ik.Expert(Linear2(6, 3, 2), ("image", "audio")),
+    }, backbone=Backbone())
+    out = model(batch())
+    assert len(calls) == 1 and out.logits.shape == (7, 2)
+    assert model.inter().backbone is model.backbone

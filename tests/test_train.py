@@ -1,0 +1,166 @@
+"""The one training loop: it learns, resumes exactly, and loses nothing."""
+
+import functools
+
+import pytest
+import torch
+from torch import nn
+
+import i2m2kit as ik
+from i2m2kit.tasks import synthetic
+
+SGD = functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9)
+
+
+def test_i2m2_learns_and_beats_the_intra_modality_model(sim, sim_data, build):
+    rows = ik.compare_models(build, sim_data["train"], sim_data["valid"], sim_data["test"],
+                             epochs=6, batch_size=64, monitor="accuracy", progress=False)
+    acc = {r["model"]: r["accuracy"] for r in rows}
+    assert list(acc) == ["uni:x", "uni:x2", "intra", "inter", "i2m2"]
+    bayes = sim.bayes_accuracy(sim.sample(20_000))
+    assert acc["i2m2"] > 0.8 > 0.5  # chance is 0.5
+    assert acc["i2m2"] > acc["intra"] + 0.05  # the selection term carries signal the intra model cannot see
+    assert acc["i2m2"] <= bayes + 0.02  # nothing beats Bayes beyond sampling error
+    for r in rows:  # every model is scored from probabilities alike
+        assert {"accuracy", "auroc", "auprc", "ece", "nll", "loss"} <= set(r)
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashingData(ik.TensorData):
+    """Raises after a number of batches: a crash in the middle of an epoch."""
+
+    def __init__(self, data, crash_after):
+        super().__init__(data.inputs, data.targets)
+        self.calls, self.crash_after = 0, crash_after
+
+    def __getitem__(self, index):
+        self.calls += 1
+        if self.calls > self.crash_after:
+            raise Crash
+        return super().__getitem__(index)
+
+
+def dropout_model(sim):
+    torch.manual_seed(0)
+    model = synthetic.build_model(sim.dims, sim.n_classes, hidden=16)
+    model.experts["joint"].net.net.insert(1, nn.Dropout(0.3))  # RNG use inside training
+    return model
+
+
+@pytest.mark.parametrize("regime, crash_at_epoch", [
+    ("joint", 2.5),  # mid-epoch
+    ("pretrain_finetune", 1.5),  # inside the second expert's pretraining
+    ("pretrain_finetune", 4.5),  # inside the joint fine-tuning
+])
+def test_resume_after_a_crash_gives_the_same_result_to_the_last_digit(sim, sim_data, tmp_path, regime, crash_at_epoch):
+    kwargs = dict(epochs=4, pretrain_epochs=1, regime=regime, batch_size=256, optimizer=SGD,
+                  monitor="accuracy", patience=3, seed=3, progress=False)
+    train = sim_data["train"]
+    steps_per_epoch = -(-len(train) // 256)
+
+    reference = dropout_model(sim)
+    expected = ik.fit(reference, train, sim_data["valid"], checkpoint_dir=tmp_path / "a", **kwargs)
+
+    crashed = dropout_model(sim)
+    with pytest.raises(Crash):
+        ik.fit(crashed, CrashingData(train, int(crash_at_epoch * steps_per_epoch)), sim_data["valid"],
+               checkpoint_dir=tmp_path / "b", **kwargs)
+    resumed = dropout_model(sim)  # a fresh process: fresh weights, then resume
+    got = ik.fit(resumed, train, sim_data["valid"], checkpoint_dir=tmp_path / "b", resume=True, **kwargs)
+
+    assert got.history == expected.history
+    assert got.best == expected.best and got.best_epoch == expected.best_epoch
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    final = torch.load(tmp_path / "b" / "model.pt", weights_only=True)
+    assert all(torch.equal(final[k], v) for k, v in reference.state_dict().items())
+
+
+def test_an_existing_run_is_never_overwritten(sim_data, build, tmp_path):
+    ik.fit(build(), sim_data["train"], epochs=1, checkpoint_dir=tmp_path, progress=False)
+    before = (tmp_path / "last.pt").read_bytes()
+    with pytest.raises(FileExistsError, match="resume=True"):
+        ik.fit(build(), sim_data["train"], epochs=1, checkpoint_dir=tmp_path, progress=False)
+    assert (tmp_path / "last.pt").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_an_unwritable_checkpoint_dir_fails_before_training(sim_data, build, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    model = build()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(OSError, match="cannot write checkpoints to .*a-file"):
+        ik.fit(model, sim_data["train"], epochs=1, checkpoint_dir=blocker / "run", progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_pretrain_then_finetune_trains_each_expert_alone_first(sim_data, build):
+    model = build()
+    result = ik.fit(model, sim_data["train"], sim_data["valid"], regime="pretrain_finetune",
+                    epochs=2, pretrain_epochs=1, progress=False)
+    assert [(r["phase"], r["epoch"]) for r in result.history] == [
+        ("pretrain:x", 1), ("pretrain:x2", 1), ("pretrain:joint", 1), ("finetune", 1), ("finetune", 2)]
+
+
+def test_early_stopping_stops_and_keeps_the_best_weights(sim_data, build):
+    model = build()
+    # a learning rate so large that validation gets worse after the first epochs
+    result = ik.fit(model, sim_data["train"], sim_data["valid"], epochs=30, patience=2,
+                    optimizer=functools.partial(torch.optim.SGD, lr=5.0), monitor="loss", progress=False)
+    losses = [r["valid_loss"] for r in result.history]
+    assert len(losses) < 30
+    assert result.best["loss"] == min(losses)
+    assert ik.evaluate(model, sim_data["valid"])["loss"] == pytest.approx(min(losses), rel=1e-5)
+
+
+def test_frozen_backbone_trains_only_the_heads():
+    torch.manual_seed(0)
+
+    class Backbone(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.x, self.x2 = nn.Linear(6, 8), nn.Linear(6, 8)
+
+        def forward(self, inputs):
+            return {k: torch.relu(getattr(self, k)(v)) for k, v in inputs.items()}
+
+    model = ik.I2M2({
+        "x": ik.Expert(nn.Linear(8, 2), "x"),
+        "x2": ik.Expert(nn.Linear(8, 2), "x2"),
+        "joint": ik.Expert(synthetic.Concat(nn.Linear(16, 2)), ("x", "x2")),
+    }, backbone=Backbone(), modalities=("x", "x2"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    data = ik.TensorData({"x": torch.randn(256, 6, generator=g), "x2": torch.randn(256, 6, generator=g)},
+                         torch.randint(0, 2, (256,), generator=g))
+    ik.fit(model, data, epochs=2, regime="frozen_backbone", progress=False)
+    after = model.state_dict()
+    for k in before:
+        assert torch.equal(before[k], after[k]) == k.startswith("backbone."), k
+
+
+def test_non_finite_inputs_stop_training_with_a_clear_error(sim_data, build):
+    bad = ik.TensorData(dict(sim_data["train"].inputs), sim_data["train"].targets)
+    bad.inputs["x"] = bad.inputs["x"].clone()
+    bad.inputs["x"][5, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="epoch 1, step"):
+        ik.fit(build(), bad, epochs=1, batch_size=len(bad), progress=False)
+
+
+def test_arguments_are_checked(sim_data, build):
+    with pytest.raises(KeyError, match="monitor='acc'"):
+        ik.fit(build(), sim_data["train"], sim_data["valid"], epochs=1, monitor="acc", progress=False)
+    with pytest.raises(ValueError, match="regime"):
+        ik.fit(build(), sim_data["train"], epochs=1, regime="staged", progress=False)
+    with pytest.raises(ValueError, match="patience"):
+        ik.fit(build(), sim_data["train"], epochs=1, patience=3, progress=False)
+    with pytest.raises(ValueError, match="modality 'x2' has 3 examples"):
+        ik.TensorData({"x": torch.zeros(4, 2), "x2": torch.zeros(3, 2)}, torch.zeros(4))
+
+
+def test_device_auto_is_the_cpu_without_a_gpu():
+    assert ik.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
