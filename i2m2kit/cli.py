@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import json
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
+
+from .io import write_json_atomic
 
 
 def doctor() -> int:
@@ -40,14 +39,6 @@ def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-def write_json_atomic(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from tqdm.auto import tqdm
 
 from .experts import I2M2, log_probs
+from .io import atomic_path
 from .metrics import evaluate_probs
 
 REGIMES = ("joint", "pretrain_finetune", "frozen_backbone")
@@ -135,12 +136,8 @@ def evaluate(model: I2M2, data, batch_size: int = 512, device: str | torch.devic
 
 def save_atomic(obj: Any, path: Path) -> None:
     """torch.save to a temporary name beside ``path``, then rename: never half-written."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _prepare_checkpoint_dir(directory: Path, resume: bool) -> dict | None:

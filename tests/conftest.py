@@ -21,3 +21,17 @@ def build(sim):
         torch.manual_seed(0)
         return synthetic.build_model(sim.dims, sim.n_classes, hidden=16)
     return make
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """The real data folder (../shared/data). Missing: a skip locally, a failure in CI."""
+    import os
+    from pathlib import Path
+
+    path = Path(os.environ.get("I2M2KIT_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    if not path.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"real data folder {path} is missing (set I2M2KIT_SHARED_DATA); tests that need it must run in CI")
+        pytest.skip(f"real data folder {path} is missing")
+    return path
