@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import importlib.metadata
 import shutil
 import subprocess
@@ -42,7 +43,37 @@ def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """The main job: the five models on selection-variable data, next to the Bayes limit."""
+    """The main job: every notebook, executed headless, with its HTML export and numbers."""
+    from .runner import run_notebook
+
+    notebooks = sorted(Path(args.notebooks).glob("[0-9][0-9]_*.ipynb"))
+    if args.only:
+        notebooks = [nb for nb in notebooks if any(nb.name.startswith(o) for o in args.only)]
+    if not notebooks:
+        print(f"error: no notebooks to run in {args.notebooks}", file=sys.stderr)
+        return 2
+    parameters = {name: _literal(value) for name, value in args.parameter}
+    summary = {}
+    for nb in notebooks:
+        print(f"running {nb} ...", flush=True)
+        result = run_notebook(nb, args.out, parameters, progress=not args.no_progress)
+        summary[nb.stem] = result
+        print(f"  executed notebook: {result['notebook']}\n  HTML report:       {result['html']}")
+    write_json_atomic(summary, Path(args.out) / "summary.json")
+    print(f"\nnumbers of every notebook: {Path(args.out) / 'summary.json'}")
+    return 0
+
+
+def _literal(text: str):
+    """A parameter value from the command line: JSON if it parses (numbers, lists), else a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def compare(args: argparse.Namespace) -> int:
+    """The five models on selection-variable data, next to the Bayes limit, as a table."""
     from .simulate import SelectionModel
     from .tasks import synthetic
     from .train import compare_models
@@ -76,7 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="i2m2kit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("doctor", help="check the installed torch build against this machine")
-    r = sub.add_parser("run", help="the main job: uni-modal, intra, inter and I2M2 against the Bayes limit")
+    n = sub.add_parser("run", help="the main job: execute the notebooks, export HTML, gather numbers")
+    n.add_argument("--out", default="outputs", help="folder for executed notebooks and reports (default: outputs)")
+    n.add_argument("--notebooks", default="notebooks", help="folder of the numbered notebooks (default: notebooks)")
+    n.add_argument("--only", nargs="*", help="run only notebooks whose names start with these (e.g. 00)")
+    n.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="override a notebook parameter (VALUE read as JSON when it parses)")
+    n.add_argument("--no-progress", action="store_true")
+    r = sub.add_parser("compare", help="uni-modal, intra, inter and I2M2 against the Bayes limit, as a table")
     r.add_argument("--out", default="outputs", help="folder for the results (default: outputs)")
     r.add_argument("--classes", type=int, default=2)
     r.add_argument("--dims", type=int, nargs=2, default=(8, 8), metavar=("D_X", "D_X2"))
@@ -94,6 +132,4 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    if args.command == "doctor":
-        return doctor()
-    return run(args)
+    return {"doctor": lambda a: doctor(), "run": run, "compare": compare}[args.command](args)

@@ -1,21 +1,28 @@
 """The selection-variable model of I2M2, simulated, with its exact Bayes posterior.
 
 The graphical model: y -> x, y -> x', and a binary selection variable v on (x, x', y) that is
-always observed as v = 1. Here
+always observed as v = 1. Each modality's coordinates come in three blocks:
 
-    y ~ Categorical(prior)                              K classes
-    x | y ~ N(mu_y, I),  x' | y ~ N(mu'_y, I)           intra-modality signal: |mu_y - mu_y'| = intra
+    signal (K coords)        class-conditional: intra-modality signal
+    interaction (m coords)   standard normal whatever y is; the selection reads them
+    nuisance (the rest)      standard normal, read by nothing
+
+    y ~ Categorical(prior)
+    x_signal | y ~ N(mu_y, I)                     "gaussian": |mu_y - mu_y'| = intra
+                or 1/2 N(mu_y, I) + 1/2 N(-mu_y, I)   "mixture": mirror-image components, so the
+                                                  class mean is 0 and no linear read-out of the
+                                                  modality sees the class (real data is rarely
+                                                  linearly separable per modality)
     p(v=1 | x, x', y) = sigmoid(inter * s_y(x, x') + bias)
-    keep the samples with v = 1                         (vectorised rejection sampling)
+    keep the samples with v = 1                   (vectorised rejection sampling)
 
-The class means live in the first K coordinates of each modality. The interaction s_y is a
-bilinear form on the remaining coordinates, which carry no class information on their own:
-s_y(x, x') = x_r^T Q_y x'_r / sqrt(m), with Q_y an orthogonal m x m matrix per class
-(Q_1 = -Q_0 for two classes: the label sign times a product of projections). Because Q_y is
-orthogonal and x_r, x'_r are standard normal whatever y is, integrating out either modality
-leaves a selection probability that does not depend on y: each modality alone says nothing
-about y through the selection. The label is then visible only in how the two modalities
-relate: inter-modality signal.
+The interaction s_y(x, x') = x_r^T Q_y x'_r / sqrt(m) is a bilinear form on the interaction
+coordinates with Q_y an orthogonal m x m matrix per class (Q_1 = -Q_0 for two classes: the
+label sign times a product of projections). Because Q_y is orthogonal and x_r, x'_r are
+standard normal whatever y is, integrating out either modality leaves a selection
+probability that does not depend on y: each modality alone says nothing about y through
+the selection, and p(y | x, v=1) = p(y | x). The label is visible there only in how the two
+modalities relate: inter-modality signal.
 
 Every factor is known, so the posterior is exact:
 
@@ -32,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 MODALITIES = ("x", "x2")
+CLASS_CONDITIONALS = ("gaussian", "mixture")
 
 
 @dataclass
@@ -46,13 +54,16 @@ class SelectionModel:
 
     Args:
         n_classes: K.
-        dims: dimension of each modality; each must exceed K (the extra coordinates carry
-            the interaction).
-        intra: per modality, the distance between class means (0: the modality alone says
-            nothing about y).
+        dims: dimension of each modality: K signal coordinates, the interaction
+            coordinates, and nuisance coordinates for the rest.
+        intra: per modality, the distance between the nearest class means (0: the modality
+            alone says nothing about y).
         inter: strength of the selection's dependence on the interaction (0: no
             inter-modality signal, the posterior is naive Bayes).
         interaction: the form of s_y; ``"bilinear"``.
+        interaction_dims: m, the coordinates per modality the interaction reads (default:
+            all past the signal block, so no nuisance coordinates).
+        class_conditional: per modality, ``"gaussian"`` or ``"mixture"`` (see above).
         bias: selection logit offset; sets the acceptance rate.
         prior: class probabilities (default uniform).
         seed: fixes the parameters (class means, interaction matrices) and the sample stream.
@@ -65,6 +76,8 @@ class SelectionModel:
         intra: Sequence[float] = (1.0, 1.0),
         inter: float = 2.0,
         interaction: str = "bilinear",
+        interaction_dims: int | None = None,
+        class_conditional: Sequence[str] = ("gaussian", "gaussian"),
         bias: float = 0.0,
         prior: Sequence[float] | None = None,
         seed: int = 0,
@@ -74,8 +87,13 @@ class SelectionModel:
             raise ValueError(f"n_classes must be at least 2, got {n_classes}")
         if len(dims) != 2 or len(intra) != 2:
             raise ValueError(f"dims and intra need one value per modality (2), got {dims!r} and {intra!r}")
-        if min(dims) <= n_classes:
-            raise ValueError(f"dims must each exceed n_classes={n_classes} (room for the interaction), got {tuple(dims)}")
+        if interaction_dims is None:
+            interaction_dims = min(dims) - n_classes
+        if interaction_dims < 1 or min(dims) < n_classes + interaction_dims:
+            raise ValueError(f"dims must each hold n_classes={n_classes} signal coordinates and "
+                             f"interaction_dims={interaction_dims} >= 1 more, got dims={tuple(dims)}")
+        if len(class_conditional) != 2 or any(c not in CLASS_CONDITIONALS for c in class_conditional):
+            raise ValueError(f"class_conditional needs one of {CLASS_CONDITIONALS} per modality, got {class_conditional!r}")
         if interaction != "bilinear":
             raise ValueError(f"interaction must be 'bilinear', got {interaction!r}")
         if any(s < 0 for s in intra) or inter < 0:
@@ -83,6 +101,7 @@ class SelectionModel:
         self.n_classes, self.dims = n_classes, tuple(int(d) for d in dims)
         self.intra, self.inter, self.bias = tuple(float(s) for s in intra), float(inter), float(bias)
         self.interaction, self.seed = interaction, seed
+        self.class_conditional = tuple(class_conditional)
         self.device = torch.device(device)
         prior_t = torch.full((n_classes,), 1.0 / n_classes) if prior is None else torch.as_tensor(prior, dtype=torch.float32)
         if prior_t.shape != (n_classes,) or (prior_t <= 0).any() or abs(float(prior_t.sum()) - 1) > 1e-6:
@@ -93,7 +112,7 @@ class SelectionModel:
         eye = torch.eye(n_classes)
         # class means in the first K coordinates, pairwise distance = intra strength
         self.means = [(s / math.sqrt(2) * eye).to(self.device) for s in self.intra]
-        self.m = min(self.dims) - n_classes  # interaction coordinates used in each modality
+        self.m = int(interaction_dims)
         q = torch.linalg.qr(torch.randn(n_classes, self.m, self.m, generator=g)).Q
         if n_classes == 2:
             q[1] = -q[0]
@@ -123,9 +142,12 @@ class SelectionModel:
         return self.inter * self.interaction_scores(x, x2) + self.bias
 
     def _uni_log_posterior(self, x: torch.Tensor, which: int) -> torch.Tensor:
-        # log p(y | x) = log_softmax(log p(y) + log N(x; mu_y, I)); coordinates past K cancel
-        sq = ((x[:, None, : self.n_classes] - self.means[which][None]) ** 2).sum(-1)
-        return torch.log_softmax(self.log_prior - 0.5 * sq, dim=1)
+        # log p(y | x) = log_softmax(log p(y) + log p(x | y)); coordinates past K cancel
+        xs, mu = x[:, None, : self.n_classes], self.means[which][None]
+        log_lik = -0.5 * ((xs - mu) ** 2).sum(-1)
+        if self.class_conditional[which] == "mixture":
+            log_lik = torch.logaddexp(log_lik, -0.5 * ((xs + mu) ** 2).sum(-1))
+        return torch.log_softmax(self.log_prior + log_lik, dim=1)
 
     def terms(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The three experts' exact targets, each (N, K), up to a constant per sample:
@@ -141,6 +163,24 @@ class SelectionModel:
         """Exact log p(y | x, x', v=1): (N, K)."""
         return torch.log_softmax(sum(self.terms(inputs).values()), dim=1)
 
+    def oracle_accuracies(self, batch: SelectionBatch) -> dict[str, float]:
+        """Accuracy of the exact answer each kind of model is trying to learn.
+
+        ``x alone`` / ``x' alone``: the uni-modal posteriors (what a uni-modal model can reach);
+        ``intra (naive Bayes)``: their product (the intra-modality model's limit);
+        ``selection term``: the selection term with the prior (the inter-modality signal alone);
+        ``Bayes``: the full posterior (the limit of I2M2, and of a joint model with enough data).
+        """
+        t, y = self.terms(batch.inputs), batch.y.to(self.device)
+        answers = {
+            "x alone": t["x"],
+            "x' alone": t["x2"],
+            "intra (naive Bayes)": t["x"] + t["x2"] - self.log_prior,
+            "selection term": t["selection"] + self.log_prior,
+            "Bayes": t["x"] + t["x2"] + t["selection"],
+        }
+        return {k: (v.argmax(1) == y).float().mean().item() for k, v in answers.items()}
+
     def bayes_accuracy(self, batch: SelectionBatch) -> float:
         """Accuracy of the exact posterior on a batch: the limit no classifier beats."""
         return (self.log_posterior(batch.inputs).argmax(1) == batch.y.to(self.device)).float().mean().item()
@@ -148,24 +188,55 @@ class SelectionModel:
     # ------------------------------------------------------------------ sampling
 
     def sample(self, n: int) -> SelectionBatch:
-        """n samples with v = 1, by rejection; reproducible for the model's seed."""
+        """n samples with v = 1, by vectorised rejection; reproducible for the model's seed.
+
+        The selection reads y and the interaction coordinates only through the score
+        s = w . x'_r / sqrt(m) with w = Q_y^T x_r, and given x_r that score is
+        N(0, |x_r|^2 / m) whatever Q_y is. So each candidate draws y, x_r and the score's
+        standardised value t, and is accepted or rejected; only accepted samples draw x'_r
+        (conditioned on w . x'_r = |w| t) and their signal and nuisance coordinates. Same
+        distribution as drawing everything and rejecting, at half the random numbers.
+        """
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
-        g, k = self.generator, self.n_classes
-        prior = self.log_prior.exp()
+        g, k, m, dev = self.generator, self.n_classes, self.m, self.device
+        cumulative = self.log_prior.exp().cumsum(0)
         kept: list[tuple[torch.Tensor, ...]] = []
-        have, drawn, accepted, rate = 0, 0, 0, 0.5
+        have, drawn, rate = 0, 0, 0.5
         while have < n:
-            chunk = max(1024, int(1.2 * (n - have) / max(rate, 1e-3)))
-            y = torch.multinomial(prior, chunk, replacement=True, generator=g)
-            x = torch.randn(chunk, self.dims[0], generator=g, device=self.device)
-            x2 = torch.randn(chunk, self.dims[1], generator=g, device=self.device)
-            x[:, :k] += self.means[0][y]
-            x2[:, :k] += self.means[1][y]
-            logit = self.selection_logits(x, x2).gather(1, y[:, None]).squeeze(1)
-            v = torch.rand(chunk, generator=g, device=self.device) < torch.sigmoid(logit)
-            kept.append((x[v], x2[v], y[v]))
-            drawn, accepted = drawn + chunk, accepted + int(v.sum())
-            have, rate = accepted, accepted / drawn
-        x, x2, y = (torch.cat(t)[:n] for t in zip(*kept))
+            chunk = max(1024, int(1.1 * (n - have) / max(rate, 1e-3)))
+            y = torch.searchsorted(cumulative, torch.rand(chunk, generator=g, device=dev)).clamp_(max=k - 1)
+            xr = torch.randn(chunk, m, generator=g, device=dev)
+            t = torch.randn(chunk, generator=g, device=dev)
+            scores = xr.norm(dim=1) * t / math.sqrt(m)
+            accept = torch.sigmoid(self.inter * scores + self.bias)
+            v = torch.rand(chunk, generator=g, device=dev) < accept
+            kept.append((y[v], xr[v], t[v]))
+            drawn, have = drawn + chunk, have + int(v.sum())
+            rate = have / drawn
+        y, xr, t = (torch.cat(parts)[:n] for parts in zip(*kept))
+        x2r = self._conditional_partner(y, xr, t)
+        x, x2 = (self._fill(y, r, which) for which, r in ((0, xr), (1, x2r)))
         return SelectionBatch({"x": x, "x2": x2}, y, rate)
+
+    def _conditional_partner(self, y: torch.Tensor, xr: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x'_r ~ N(0, I) given that its component along w = Q_y^T x_r is t (standardised)."""
+        k, m = self.n_classes, self.m
+        # x_r @ Q_c for every class in one matrix product, then each sample's own class
+        w = (xr @ self.q.permute(1, 0, 2).reshape(m, k * m)).view(-1, k, m)
+        w = w[torch.arange(len(y), device=self.device), y]
+        w_hat = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        z = torch.randn(xr.shape, generator=self.generator, device=self.device)
+        return z + (t - (z * w_hat).sum(1))[:, None] * w_hat
+
+    def _fill(self, y: torch.Tensor, interaction: torch.Tensor, which: int) -> torch.Tensor:
+        """One modality's samples given y and their interaction coordinates."""
+        g, k, m, n = self.generator, self.n_classes, self.m, len(y)
+        shift = self.means[which][y]
+        if self.class_conditional[which] == "mixture":  # one of the two mirror-image components
+            shift = shift * (torch.randint(0, 2, (n, 1), generator=g, device=self.device) * 2 - 1)
+        x = torch.empty(n, self.dims[which], device=self.device)
+        x[:, :k] = torch.randn(n, k, generator=g, device=self.device) + shift
+        x[:, k:k + m] = interaction
+        x[:, k + m:] = torch.randn(n, self.dims[which] - k - m, generator=g, device=self.device)
+        return x

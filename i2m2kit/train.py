@@ -171,12 +171,13 @@ class Phase:
     name: str
     model: I2M2
     epochs: int
+    start_is_candidate: bool = False  # the weights it starts from compete in model selection
 
 
 def training_phases(model: I2M2, regime: str, epochs: int, pretrain_epochs: int | None = None) -> list[Phase]:
     if regime == "pretrain_finetune":
         pre = [Phase(f"pretrain:{n}", model.subset(n), pretrain_epochs or epochs) for n in model.experts]
-        return pre + [Phase("finetune", model, epochs)]
+        return pre + [Phase("finetune", model, epochs, start_is_candidate=True)]
     if regime == "frozen_backbone":
         if model.backbone is None:
             raise ValueError("regime='frozen_backbone' needs a model built with a backbone")
@@ -272,30 +273,42 @@ def fit(
         params = [p for p in net.parameters() if p.requires_grad]
         opt = make_optimizer(params)
         scaler = torch.amp.GradScaler(device.type, enabled=use_fp16)
-        best_value, best_epoch, best_state, bad_epochs = None, 0, None, 0
+        selection = Selection(monitor)
         first_epoch = 0
         if state is not None and phase_index == start_phase:
             first_epoch = start_epoch
             if state["optimizer"] is not None:
                 opt.load_state_dict(state["optimizer"])
                 scaler.load_state_dict(state["scaler"])
-            best_value, best_epoch = state["best_value"], state["best_epoch"]
-            best_state, bad_epochs = state["best_state"], state["bad_epochs"]
+            selection = Selection(monitor, **state["selection"])
+
+        def validate(epoch: int, row: dict[str, Any]) -> None:
+            metrics = evaluate(net, valid, device=device, loss_weight=weight, amp=amp)
+            if monitor not in metrics:
+                raise KeyError(f"monitor={monitor!r} is not a validation metric here; "
+                               f"choose one of {sorted(metrics)}")
+            row.update({f"valid_{k}": v for k, v in metrics.items()})
+            if selection.update(metrics[monitor], epoch, model):
+                result.best, result.best_epoch = metrics, epoch
+            result.history.append(row)
+
+        if phase.start_is_candidate and valid is not None and first_epoch == 0:
+            # fine-tuning can only make pretrained experts worse on validation: keep that option
+            validate(0, {"phase": phase.name, "epoch": 0, "train_loss": None})
 
         epoch_bar = tqdm(range(first_epoch, phase.epochs), desc=phase.name, disable=not progress,
                          initial=first_epoch, total=phase.epochs)
         for epoch in epoch_bar:
-            if patience is not None and bad_epochs >= patience:
+            if patience is not None and selection.bad_epochs >= patience:
                 break
             generator = torch.Generator().manual_seed(seed * 1_000_003 + phase_index * 10_007 + epoch)
+            loader = make_loader(train, batch_size, shuffle=True, generator=generator)
             net.train()
             if regime == "frozen_backbone":
                 net.backbone.eval()
             total, count = 0.0, 0
-            for step, (inputs, target) in enumerate(tqdm(
-                make_loader(train, batch_size, shuffle=True, generator=generator),
-                desc=f"epoch {epoch + 1}", leave=False, disable=not progress,
-            )):
+            for step, (inputs, target) in enumerate(tqdm(loader, desc=f"epoch {epoch + 1}", leave=False,
+                                                         disable=not progress)):
                 target = target.to(device, non_blocking=True)
                 with _autocast(device, amp):
                     out = net(_to(inputs, device))
@@ -317,37 +330,51 @@ def fit(
 
             row: dict[str, Any] = {"phase": phase.name, "epoch": epoch + 1, "train_loss": total / count}
             if valid is not None:
-                metrics = evaluate(net, valid, device=device, loss_weight=weight, amp=amp)
-                if monitor not in metrics:
-                    raise KeyError(f"monitor={monitor!r} is not a validation metric here; "
-                                   f"choose one of {sorted(metrics)}")
-                row.update({f"valid_{k}": v for k, v in metrics.items()})
-                if _better(metrics[monitor], best_value, monitor):
-                    best_value, best_epoch, bad_epochs = metrics[monitor], epoch + 1, 0
-                    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                    result.best, result.best_epoch = metrics, epoch + 1
-                else:
-                    bad_epochs += 1
-                epoch_bar.set_postfix(train_loss=f"{row['train_loss']:.4f}", **{monitor: f"{metrics[monitor]:.4f}"})
+                validate(epoch + 1, row)
+                epoch_bar.set_postfix(train_loss=f"{row['train_loss']:.4f}",
+                                      **{monitor: f"{row['valid_' + monitor]:.4f}"})
             else:
                 result.best_epoch = epoch + 1
-            result.history.append(row)
+                result.history.append(row)
             if directory is not None:
-                save_atomic(_checkpoint(model, opt, scaler, phase_index, epoch + 1, result,
-                                        best_value, best_epoch, best_state, bad_epochs, device), directory / "last.pt")
+                save_atomic(_checkpoint(model, opt, scaler, phase_index, epoch + 1, result, selection, device),
+                            directory / "last.pt")
 
-        if restore_best and best_state is not None:
-            model.load_state_dict(best_state)
+        if restore_best and selection.best_state is not None:
+            model.load_state_dict(selection.best_state)
         if directory is not None:  # phase done: the next one starts from here
-            save_atomic(_checkpoint(model, None, None, phase_index + 1, 0, result,
-                                    None, 0, None, 0, device), directory / "last.pt")
+            save_atomic(_checkpoint(model, None, None, phase_index + 1, 0, result, Selection(monitor), device),
+                        directory / "last.pt")
     if directory is not None:
         save_atomic(model.state_dict(), directory / "model.pt")
     return result
 
 
-def _checkpoint(model, opt, scaler, phase, epoch, result, best_value, best_epoch, best_state,
-                bad_epochs, device) -> dict:
+@dataclass
+class Selection:
+    """Model selection and early stopping within a phase: the best validation value so far."""
+
+    monitor: str
+    best_value: float | None = None
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    bad_epochs: int = 0
+
+    def update(self, value: float, epoch: int, model: torch.nn.Module) -> bool:
+        """Record an epoch's validation value; True when it is the best so far."""
+        if not _better(value, self.best_value, self.monitor):
+            self.bad_epochs += 1
+            return False
+        self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
+        self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        return True
+
+    def state(self) -> dict[str, Any]:
+        return {"best_value": self.best_value, "best_epoch": self.best_epoch,
+                "best_state": self.best_state, "bad_epochs": self.bad_epochs}
+
+
+def _checkpoint(model, opt, scaler, phase, epoch, result, selection: Selection, device) -> dict:
     return {
         "format": CHECKPOINT_FORMAT,
         "phase": phase,
@@ -355,12 +382,10 @@ def _checkpoint(model, opt, scaler, phase, epoch, result, best_value, best_epoch
         "model": model.state_dict(),
         "optimizer": None if opt is None else opt.state_dict(),
         "scaler": None if scaler is None else scaler.state_dict(),
-        "best_value": best_value,
-        "best_epoch": best_epoch,
-        "best_state": best_state,
-        "bad_epochs": bad_epochs,
+        "selection": selection.state(),
         "history": result.history,
         "best_metrics": result.best,
+        "best_epoch": result.best_epoch,
         "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
     }
@@ -376,13 +401,15 @@ def compare_models(
     seed: int = 0,
     checkpoint_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    trained: dict[str, I2M2] | None = None,
     **fit_kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Train every model the paper compares and score each on ``test``.
 
     Each of uni-modal, intra-modality, inter-modality and I2M2 (``model.baselines()``) is
     cut from a freshly built model with the same seed, so they start from the same weights,
-    and trained on its own with the same ``fit`` arguments. Returns one row per model.
+    and trained on its own with the same ``fit`` arguments. Returns one row per model; if a
+    ``trained`` dict is given, the trained models are put in it by name.
     """
     names = list(names) if names is not None else list(build_model().baselines())
     device = fit_kwargs.get("device", "auto")
@@ -392,8 +419,11 @@ def compare_models(
         model = build_model().baselines()[name]
         directory = None if checkpoint_dir is None else Path(checkpoint_dir) / name.replace(":", "-")
         started = time.perf_counter()
-        result = fit(model, train, valid, seed=seed, checkpoint_dir=directory, progress=progress, **fit_kwargs)
+        # one bar over the models; a bar per epoch of each would bury it
+        result = fit(model, train, valid, seed=seed, checkpoint_dir=directory, progress=False, **fit_kwargs)
         seconds = time.perf_counter() - started
+        if trained is not None:
+            trained[name] = model
         rows.append({"model": name, **evaluate(model, test, device=device),
                      "best_epoch": result.best_epoch, "train_seconds": seconds})
     return rows

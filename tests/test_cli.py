@@ -7,7 +7,7 @@ import sys
 
 def test_main_job_prints_the_five_models_next_to_the_bayes_limit(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "i2m2kit", "run", "--out", str(tmp_path), "--n-train", "3000",
+        [sys.executable, "-m", "i2m2kit", "compare", "--out", str(tmp_path), "--n-train", "3000",
          "--n-valid", "1000", "--n-test", "3000", "--epochs", "4", "--hidden", "16", "--no-progress"],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,188 @@
+"""Plotly figures: pure functions from results to ``go.Figure``, shared by every notebook.
+
+In notebooks, ``use_notebook_renderer()`` stores each figure as plotly JSON: drawn live by
+JupyterLab, small on disk, and turned into offline HTML (plotly.js inlined once per page) by
+``runner.export_html``.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import plotly.graph_objects as go
+import plotly.io as pio
+import torch
+from plotly.subplots import make_subplots
+
+from . import contributions as C
+
+MODEL_ORDER = ("uni:x", "uni:x2", "intra", "inter", "i2m2")
+EXPERT_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd")
+
+
+def use_notebook_renderer() -> None:
+    """Store figures as plotly JSON in notebook outputs (see the module docstring)."""
+    pio.renderers.default = "plotly_mimetype"
+
+
+def graphical_model() -> go.Figure:
+    """The generative story: y -> x, y -> x', and the selection v on (x, x', y), observed as 1."""
+    nodes = {"y": (0.5, 0.9), "x": (0.15, 0.45), "x'": (0.85, 0.45), "v = 1": (0.5, 0.1)}
+    edges = [("y", "x"), ("y", "x'"), ("x", "v = 1"), ("x'", "v = 1"), ("y", "v = 1")]
+    fig = go.Figure()
+    for a, b in edges:
+        (x0, y0), (x1, y1) = nodes[a], nodes[b]
+        fig.add_annotation(x=x0 + 0.82 * (x1 - x0), y=y0 + 0.82 * (y1 - y0), ax=x0, ay=y0,
+                           xref="x", yref="y", axref="x", ayref="y", showarrow=True,
+                           arrowhead=3, arrowsize=1.5, arrowwidth=2, arrowcolor="#555")
+    fig.add_trace(go.Scatter(
+        x=[p[0] for p in nodes.values()], y=[p[1] for p in nodes.values()], mode="markers+text",
+        text=list(nodes), textfont=dict(size=18), hoverinfo="skip", showlegend=False,
+        marker=dict(size=58, color=["#fff", "#fff", "#fff", "#ddd"], line=dict(width=2, color="#333"))))
+    fig.update_layout(title="I2M2's generative model: intra (y → x, y → x') and inter (selection v)",
+                      xaxis=dict(visible=False, range=[0, 1]), yaxis=dict(visible=False, range=[0, 1]),
+                      height=360, width=620, plot_bgcolor="white")
+    return fig
+
+
+def model_accuracy(rows: Sequence[Mapping], bayes: float | None = None, metric: str = "accuracy",
+                   title: str = "Test accuracy by model") -> go.Figure:
+    """Bars of ``metric`` per model (mean with std error bars when ``<metric>_std`` is given),
+    with the Bayes limit as a line when known."""
+    fig = go.Figure(go.Bar(
+        x=[r["model"] for r in rows], y=[r[metric] for r in rows],
+        error_y=dict(type="data", array=[r.get(f"{metric}_std", 0) for r in rows]),
+        text=[f"{r[metric]:.3f}" for r in rows], textposition="outside", marker_color="#4c78a8"))
+    if bayes is not None:
+        fig.add_hline(y=bayes, line_dash="dash", line_color="black",
+                      annotation_text=f"Bayes limit {bayes:.3f}", annotation_position="top left")
+    low = min(r[metric] for r in rows)
+    fig.update_layout(title=title, yaxis_title=metric, yaxis_range=[max(0, low - 0.1), 1.02], height=380)
+    return fig
+
+
+def regime_map(rows: Sequence[Mapping], x: str = "inter", y: str = "intra", value: str = "of_bayes",
+               models: Sequence[str] | None = None, title: str | None = None) -> go.Figure:
+    """One heatmap per model (``label``) over two grid parameters, ``value`` in each cell, e.g.
+    accuracy as a fraction of the Bayes accuracy. Rows as ``regimes.regime_map`` returns them."""
+    models = list(models or dict.fromkeys(r["label"] for r in rows))
+    xs, ys = sorted({r[x] for r in rows}), sorted({r[y] for r in rows})
+    lookup = {(r["label"], r[y], r[x]): r[value] for r in rows}
+    cols = min(4, len(models))
+    n_rows = -(-len(models) // cols)
+    fig = make_subplots(rows=n_rows, cols=cols, subplot_titles=models, horizontal_spacing=0.05,
+                        vertical_spacing=0.18)
+    for i, model in enumerate(models):
+        z = [[lookup.get((model, b, a)) for a in xs] for b in ys]
+        fig.add_trace(go.Heatmap(
+            z=z, x=[str(a) for a in xs], y=[str(b) for b in ys], zmin=0.5, zmax=1.0,
+            colorscale="Viridis", showscale=i == 0, colorbar=dict(title=value),
+            text=[[("" if v is None else f"{v:.2f}") for v in row] for row in z], texttemplate="%{text}",
+            hovertemplate=f"{model}<br>{y} %{{y}}<br>{x} %{{x}}<br>{value} %{{z:.3f}}<extra></extra>"),
+            row=i // cols + 1, col=i % cols + 1)
+        fig.update_xaxes(title_text=x, type="category", row=i // cols + 1, col=i % cols + 1)
+        fig.update_yaxes(title_text=y if i % cols == 0 else None, type="category", row=i // cols + 1, col=i % cols + 1)
+    fig.update_layout(title=title or f"{value} by model", height=300 * n_rows + 60, width=260 * cols + 120)
+    return fig
+
+
+def contribution_scatter(expert_logits: Mapping[str, torch.Tensor], targets: torch.Tensor | None = None,
+                         x_expert: str | Sequence[str] | None = None, y_expert: str | None = None,
+                         max_points: int = 3000, title: str | None = None) -> go.Figure:
+    """Samples placed by two experts' shares of the margin, coloured by the expert that decides.
+
+    By default x is the summed share of the intra-modality experts (all but the last) and y
+    the share of the last (joint) expert: points above the diagonal are decided by
+    inter-modality evidence, points with opposite signs are where one overruled the other.
+    """
+    names = list(expert_logits)
+    shares = C.margin_contributions(expert_logits)
+    x_names = [x_expert] if isinstance(x_expert, str) else list(x_expert or names[:-1])
+    y_name = y_expert or names[-1]
+    xs = sum(shares[n] for n in x_names)
+    ys = shares[y_name]
+    decides = C.deciding_expert(expert_logits)
+    pred = sum(expert_logits.values()).argmax(1)
+    keep = torch.arange(len(xs))[:max_points]
+    fig = go.Figure()
+    for colour, name in zip(EXPERT_COLOURS, names):
+        idx = [int(i) for i in keep if decides[i] == name]
+        if not idx:
+            continue
+        hover = [f"sample {i}<br>predicted {int(pred[i])}"
+                 + ("" if targets is None else f", true {int(targets[i])}") for i in idx]
+        fig.add_trace(go.Scatter(x=xs[idx].tolist(), y=ys[idx].tolist(), mode="markers",
+                                   name=f"decided by {name}", marker=dict(size=5, opacity=0.6, color=colour),
+                                   text=hover, hovertemplate="%{text}<extra></extra>", customdata=idx))
+    fig.add_hline(y=0, line_color="#999")
+    fig.add_vline(x=0, line_color="#999")
+    fig.update_layout(title=title or "Each sample's margin, split between experts",
+                      xaxis_title=f"margin share of {' + '.join(x_names)}",
+                      yaxis_title=f"margin share of {y_name}", height=450)
+    return fig
+
+
+def shapley_by_class(expert_logits: Mapping[str, torch.Tensor], targets: torch.Tensor,
+                     class_names: Sequence[str] | None = None) -> go.Figure:
+    """Mean exact Shapley value of each expert for the true class, per class."""
+    phi = C.shapley_values(expert_logits, targets)
+    classes = sorted(set(targets.tolist()))
+    labels = [class_names[c] if class_names else str(c) for c in classes]
+    fig = go.Figure([go.Bar(name=n, x=labels, y=[phi[n][targets == c].mean().item() for c in classes],
+                            marker_color=col) for n, col in zip(phi, EXPERT_COLOURS)])
+    fig.update_layout(barmode="group", title="Mean Shapley value for the true class, by class",
+                      xaxis_title="true class", yaxis_title="Shapley value (nats)", height=380)
+    return fig
+
+
+def learned_vs_true(expert_logits: Mapping[str, torch.Tensor], terms: Mapping[str, torch.Tensor],
+                    pairs: Mapping[str, str], max_points: int = 2000) -> go.Figure:
+    """Each learned expert against the exact term it should capture (class 1 minus class 0)."""
+    r = C.term_correlation(expert_logits, terms, pairs)
+    fig = make_subplots(rows=1, cols=len(pairs), subplot_titles=[
+        f"{e} vs {t} (r = {r[e]:.2f})" for e, t in pairs.items()])
+    for i, (e, t) in enumerate(pairs.items(), start=1):
+        learned = (expert_logits[e][:, 1] - expert_logits[e][:, 0])[:max_points]
+        true = (terms[t][:, 1] - terms[t][:, 0])[:max_points].cpu()
+        fig.add_trace(go.Scatter(x=true.tolist(), y=learned.tolist(), mode="markers", showlegend=False,
+                                   marker=dict(size=4, opacity=0.5, color=EXPERT_COLOURS[i - 1])), row=1, col=i)
+        fig.update_xaxes(title_text="exact term", row=1, col=i)
+    fig.update_yaxes(title_text="learned logit difference", row=1, col=1)
+    fig.update_layout(title="Did each expert learn its term of the posterior?", height=380)
+    return fig
+
+
+def expert_summary(rows: Sequence[Mapping]) -> go.Figure:
+    """Per expert: accuracy alone, how often it decides, how often dropping it flips the call."""
+    metrics = [("accuracy_alone", "accuracy alone"), ("decides", "decides"),
+               ("flip_rate_if_dropped", "flips if dropped")]
+    fig = go.Figure([go.Bar(name=label, x=[r["expert"] for r in rows], y=[r[k] for r in rows])
+                     for k, label in metrics])
+    fig.update_layout(barmode="group", title="What each expert does", yaxis_range=[0, 1], height=360)
+    return fig
+
+
+def evidence_scatter(terms: Mapping[str, torch.Tensor], y: torch.Tensor, max_points: int = 3000,
+                     title: str = "Where the evidence for the true class lives") -> go.Figure:
+    """Each sample by its exact intra-modality evidence (x and x' terms) and its inter-modality
+    evidence (the selection term) for the true class over the best other class."""
+    def evidence(t: torch.Tensor) -> torch.Tensor:
+        t = t.cpu()
+        rows = torch.arange(len(y))
+        true = t[rows, y]
+        other = t.clone()
+        other[rows, y] = -float("inf")
+        return true - other.max(1).values
+
+    y = y.cpu()
+    intra = evidence(terms["x"] + terms["x2"])[:max_points]
+    inter = evidence(terms["selection"])[:max_points]
+    yy = y[:max_points]
+    fig = go.Figure([go.Scatter(x=intra[yy == c].tolist(), y=inter[yy == c].tolist(), mode="markers",
+                                  name=f"class {c}", marker=dict(size=4, opacity=0.5, color=col))
+                     for c, col in zip(sorted(set(yy.tolist())), EXPERT_COLOURS)])
+    fig.add_hline(y=0, line_color="#999")
+    fig.add_vline(x=0, line_color="#999")
+    fig.update_layout(title=title, height=420, xaxis_title="intra-modality evidence (nats)",
+                      yaxis_title="inter-modality evidence (nats)")
+    return fig

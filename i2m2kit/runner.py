@@ -1,0 +1,64 @@
+"""Run the notebooks headless with papermill, export each to HTML, gather their numbers.
+
+Each notebook has a cell tagged ``parameters`` with an ``output_dir`` parameter; it writes
+the numbers it measured to ``<output_dir>/metrics.json``. Executed copies and their HTML go
+to ``<out>/<notebook name>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from .io import atomic_path
+
+
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+
+
+def export_html(notebook: str | os.PathLike, html: str | os.PathLike) -> Path:
+    """A static HTML page of an executed notebook whose plots draw offline.
+
+    The notebook stores figures as plotly JSON only (small files, live in JupyterLab); here each
+    becomes an HTML div, with plotly.js inlined once, before the first figure of the page.
+    """
+    import nbformat
+    import plotly.io as pio
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    first = True
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            figure = output.get("data", {}).get(PLOTLY_MIME)
+            if figure is not None:
+                output["data"]["text/html"] = pio.to_html(figure, include_plotlyjs=first, full_html=False)
+                first = False
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    with atomic_path(html) as tmp:
+        tmp.write_text(body, encoding="utf-8")
+    return Path(html)
+
+
+def run_notebook(notebook: str | os.PathLike, out: str | os.PathLike = "outputs",
+                 parameters: Mapping[str, Any] | None = None, kernel_name: str = "python3",
+                 progress: bool = True) -> dict[str, Any]:
+    """Execute ``notebook`` with ``parameters``; return where its copy, HTML and numbers are."""
+    import papermill
+
+    notebook = Path(notebook)
+    if not notebook.is_file():
+        raise FileNotFoundError(f"notebook {notebook} does not exist")
+    run_dir = Path(out) / notebook.stem
+    run_dir.mkdir(parents=True, exist_ok=True)
+    executed, html, metrics = run_dir / notebook.name, run_dir / f"{notebook.stem}.html", run_dir / "metrics.json"
+    metrics.unlink(missing_ok=True)  # numbers from an earlier run must not pass for this one's
+    papermill.execute_notebook(
+        str(notebook), str(executed), parameters={"output_dir": str(run_dir), **(parameters or {})},
+        kernel_name=kernel_name, progress_bar=progress, store_widget_state=False,
+    )
+    export_html(executed, html)
+    return {"notebook": str(executed), "html": str(html),
+            "metrics": json.loads(metrics.read_text()) if metrics.exists() else {}}

@@ -1,0 +1,62 @@
+"""The notebooks, run headless with papermill at test size, then re-checked with nbval."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from i2m2kit.runner import run_notebook
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_00 = dict(n_train=1000, n_valid=500, n_test=2000, epochs=2, patience=1, hidden=8,
+                grid_intra=[0.0, 1.0], grid_inter=[0.0, 2.0], hard_sizes=[300], hard_inter=[2.0])
+
+
+@pytest.fixture(scope="module")
+def run00(tmp_path_factory):
+    out = tmp_path_factory.mktemp("notebooks")
+    return run_notebook(ROOT / "notebooks" / "00_selection_variable.ipynb", out, SMALL_00, progress=False)
+
+
+def test_committed_notebooks_have_no_outputs_and_a_parameters_cell():
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(not c.outputs for c in code), f"{path.name} is committed with outputs"
+        assert any("parameters" in c.metadata.get("tags", []) for c in code), f"{path.name} has no parameters cell"
+
+
+def test_notebook_00_runs_and_reports_its_numbers(run00):
+    m = run00["metrics"]
+    assert {"bayes_accuracy", "models", "experts", "term_correlation", "regime_map", "hard_regime_map"} <= set(m)
+    assert set(m["models"]) == {"uni:x", "uni:x2", "intra", "inter", "i2m2"}
+    assert 0.5 < m["bayes_accuracy"] < 1
+    assert len(m["regime_map"]) == 4 * (5 + 2)  # 2x2 grid, five models joint + two pretrained
+    nb = nbformat.read(run00["notebook"], as_version=4)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
+    assert "widgets" not in nb.metadata  # no stored widget state
+    assert Path(run00["notebook"]).stat().st_size < 1_000_000
+
+
+def test_notebook_00_html_draws_its_plots_offline(run00):
+    html = Path(run00["html"]).read_text()
+    nb = nbformat.read(run00["notebook"], as_version=4)
+    figures = sum("application/vnd.plotly.v1+json" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+    assert figures >= 10
+    assert html.count("Plotly.newPlot(") >= figures  # every figure is drawn by the page itself
+    assert not re.search(r"<script[^>]+src=\"https?://[^\"]*plot", html)  # nothing fetched
+    assert html.count("plotly.js v") == 1  # the library inlined once
+
+
+def test_notebook_00_reproduces_under_nbval(run00):
+    """nbval re-executes the copy papermill wrote (small parameters injected) and compares the
+    outputs of the cells tagged nbval-check-output."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
+                           run00["notebook"]], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert " passed" in proc.stdout
