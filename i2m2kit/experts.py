@@ -45,7 +45,12 @@ def unregistered_tensors(net: nn.Module):
     registered = {id(p) for p in net.parameters()}
     for module_name, module in net.named_modules():
         for attr, value in vars(module).items():
-            items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else [("", value)]
+            if isinstance(value, dict):
+                items = list(value.items())
+            elif isinstance(value, (list, tuple)):
+                items = list(enumerate(value))
+            else:
+                items = [("", value)]
             for key, t in items:
                 if isinstance(t, torch.Tensor) and t.requires_grad and id(t) not in registered:
                     yield ".".join(filter(None, [module_name, attr, str(key)]))

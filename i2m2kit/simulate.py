@@ -191,11 +191,12 @@ class SelectionModel:
         """n samples with v = 1, by vectorised rejection; reproducible for the model's seed.
 
         The selection reads y and the interaction coordinates only through the score
-        s = w . x'_r / sqrt(m) with w = Q_y^T x_r, and given x_r that score is
-        N(0, |x_r|^2 / m) whatever Q_y is. So each candidate draws y, x_r and the score's
-        standardised value t, and is accepted or rejected; only accepted samples draw x'_r
-        (conditioned on w . x'_r = |w| t) and their signal and nuisance coordinates. Same
-        distribution as drawing everything and rejecting, at half the random numbers.
+        s = w . x'_r / sqrt(m), w = Q_y^T x_r, and given x_r that score is |x_r| t / sqrt(m)
+        with t ~ N(0, 1), whatever Q_y is (Q_y is orthogonal). So a candidate is only
+        y, |x_r|^2 (chi-square with m degrees of freedom, from m/2 uniforms) and t; it is
+        accepted or rejected, and accepted samples alone draw the direction of x_r, x'_r given
+        its component along w, and their signal and nuisance coordinates. The same
+        distribution as drawing everything and rejecting, at a fraction of the random numbers.
         """
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
@@ -206,28 +207,38 @@ class SelectionModel:
         while have < n:
             chunk = max(1024, int(1.1 * (n - have) / max(rate, 1e-3)))
             y = torch.searchsorted(cumulative, torch.rand(chunk, generator=g, device=dev)).clamp_(max=k - 1)
-            xr = torch.randn(chunk, m, generator=g, device=dev)
+            r2 = self._chi_square(chunk)
             t = torch.randn(chunk, generator=g, device=dev)
-            scores = xr.norm(dim=1) * t / math.sqrt(m)
-            accept = torch.sigmoid(self.inter * scores + self.bias)
+            accept = torch.sigmoid(self.inter * r2.sqrt() * t / math.sqrt(m) + self.bias)
             v = torch.rand(chunk, generator=g, device=dev) < accept
-            kept.append((y[v], xr[v], t[v]))
+            kept.append((y[v], r2[v], t[v]))
             drawn, have = drawn + chunk, have + int(v.sum())
             rate = have / drawn
-        y, xr, t = (torch.cat(parts)[:n] for parts in zip(*kept))
-        x2r = self._conditional_partner(y, xr, t)
+        y, r2, t = (torch.cat(parts)[:n] for parts in zip(*kept))
+        # x_r = |x_r| d with d uniform on the sphere; x'_r = Q_y^T p, with p ~ N(0, I) whose
+        # component along d is t, so that w . x'_r = (Q_y^T x_r) . (Q_y^T p) = |x_r| t
+        d = torch.randn(n, m, generator=g, device=dev)
+        d /= d.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        z = torch.randn(n, m, generator=g, device=dev)
+        p = z.addcmul_(d, (t - (z * d).sum(1))[:, None])
+        x2r = torch.empty_like(p)
+        for c in range(k):  # one matrix product per class
+            idx = (y == c).nonzero().squeeze(1)
+            x2r[idx] = p[idx] @ self.q[c]
+        xr = d.mul_(r2.sqrt()[:, None])
         x, x2 = (self._fill(y, r, which) for which, r in ((0, xr), (1, x2r)))
         return SelectionBatch({"x": x, "x2": x2}, y, rate)
 
-    def _conditional_partner(self, y: torch.Tensor, xr: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x'_r ~ N(0, I) given that its component along w = Q_y^T x_r is t (standardised)."""
-        k, m = self.n_classes, self.m
-        # x_r @ Q_c for every class in one matrix product, then each sample's own class
-        w = (xr @ self.q.permute(1, 0, 2).reshape(m, k * m)).view(-1, k, m)
-        w = w[torch.arange(len(y), device=self.device), y]
-        w_hat = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        z = torch.randn(xr.shape, generator=self.generator, device=self.device)
-        return z + (t - (z * w_hat).sum(1))[:, None] * w_hat
+    def _chi_square(self, n: int) -> torch.Tensor:
+        """n draws of |x_r|^2 ~ chi-square(m): -2 log of m/2 uniforms (plus a squared normal if m is odd)."""
+        half, odd = divmod(self.m, 2)
+        r2 = torch.zeros(n, device=self.device)
+        if half:
+            u = torch.rand(n, half, generator=self.generator, device=self.device)
+            r2 -= 2 * torch.log1p(-u).sum(1)  # 1 - u lies in (0, 1]: no log(0)
+        if odd:
+            r2 += torch.randn(n, generator=self.generator, device=self.device) ** 2
+        return r2
 
     def _fill(self, y: torch.Tensor, interaction: torch.Tensor, which: int) -> torch.Tensor:
         """One modality's samples given y and their interaction coordinates."""
