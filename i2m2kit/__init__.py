@@ -7,13 +7,14 @@ dependencies) and a joint expert (inter-modality dependencies), their logits sum
 from .experts import HEADS, I2M2, Expert, Output
 from .metrics import evaluate_probs, expected_calibration_error, vqa_score
 from .simulate import SelectionBatch, SelectionModel
-from .train import (REGIMES, FitResult, Predictions, TensorData, compare_models, evaluate, fit,
-                    predict, resolve_device)
+from .train import (REGIMES, FitResult, Predictions, TensorData, compare_across_seeds, compare_models,
+                    evaluate, evaluate_missing, fit, predict, resolve_device)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "HEADS", "I2M2", "Expert", "Output", "evaluate_probs", "expected_calibration_error",
     "vqa_score", "SelectionBatch", "SelectionModel", "REGIMES", "FitResult", "Predictions",
-    "TensorData", "compare_models", "evaluate", "fit", "predict", "resolve_device",
+    "TensorData", "compare_across_seeds", "compare_models", "evaluate", "evaluate_missing", "fit",
+    "predict", "resolve_device",
 ]

@@ -62,3 +62,40 @@ def run_notebook(notebook: str | os.PathLike, out: str | os.PathLike = "outputs"
     export_html(executed, html)
     return {"notebook": str(executed), "html": str(html),
             "metrics": json.loads(metrics.read_text()) if metrics.exists() else {}}
+
+
+def repository_root() -> Path:
+    """The folder holding ``i2m2kit/``, ``notebooks/`` and ``data_scripts/`` (an editable install)."""
+    return Path(__file__).resolve().parents[1]
+
+
+def find_folder(path: str | os.PathLike) -> Path | None:
+    """``path`` as given if it is a folder, else relative to the repository root, else None.
+
+    Notebooks run with the working directory of whoever started them; their data locations
+    (such as ``../shared/data``) are written relative to the repository root.
+    """
+    for candidate in (Path(path), repository_root() / path):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def prepare_data(benchmark: str, raw: str | os.PathLike, out: str | os.PathLike,
+                 args: tuple[str, ...] = (), scripts: str | os.PathLike | None = None) -> Path:
+    """Run ``data_scripts/prepare_<benchmark>.py --raw RAW --out OUT`` unless OUT already holds
+    its result; return OUT. A failure raises with the script's own one-line error."""
+    import subprocess
+    import sys
+
+    out = Path(out)
+    if (out / "metadata.json").exists():
+        print(f"reusing the prepared data in {out}")
+        return out
+    script = Path(scripts or repository_root() / "data_scripts") / f"prepare_{benchmark}.py"
+    done = subprocess.run([sys.executable, str(script), "--raw", str(raw), "--out", str(out), *args],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{script.name} failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+    print(done.stdout.strip())
+    return out

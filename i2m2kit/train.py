@@ -18,12 +18,14 @@ draws from is restored.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 from tqdm.auto import tqdm
@@ -426,4 +428,47 @@ def compare_models(
             trained[name] = model
         rows.append({"model": name, **evaluate(model, test, device=device),
                      "best_epoch": result.best_epoch, "train_seconds": seconds})
+    return rows
+
+
+def compare_across_seeds(
+    build_model: Callable[[], I2M2],
+    train: Dataset | DataLoader,
+    valid: Dataset | DataLoader | None,
+    test: Dataset | DataLoader,
+    seeds: Iterable[int],
+    **kwargs: Any,
+) -> tuple[list[dict[str, Any]], list[dict[str, I2M2]]]:
+    """``compare_models`` once per seed. Returns one row per model with every metric's mean
+    over the seeds where it is defined (and ``<metric>_std``, ``<metric>_runs``), and the
+    trained models of each seed."""
+    seeds = list(seeds)
+    runs, trained_per_seed = [], []
+    for seed in seeds:
+        trained: dict[str, I2M2] = {}
+        runs.append(compare_models(build_model, train, valid, test, seed=seed, trained=trained, **kwargs))
+        trained_per_seed.append(trained)
+    summary = []
+    for i, name in enumerate(r["model"] for r in runs[0]):
+        row: dict[str, Any] = {"model": name, "seeds": seeds}
+        for metric in runs[0][i]:
+            values = [rows[i][metric] for rows in runs if isinstance(rows[i].get(metric), (int, float))]
+            if metric != "model" and values:
+                row[metric] = float(np.mean(values))
+                row[f"{metric}_std"] = float(np.std(values))
+                row[f"{metric}_runs"] = values
+        summary.append(row)
+    return summary, trained_per_seed
+
+
+def evaluate_missing(model: I2M2, data: TensorData, **kwargs: Any) -> list[dict[str, Any]]:
+    """The model's test metrics with every subset of its modalities present (the experts that
+    read an absent modality drop out); one row per subset that leaves an expert to run."""
+    rows = []
+    for r in range(len(model.modalities), 0, -1):
+        for kept in itertools.combinations(model.modalities, r):
+            if not any(set(e.reads) <= set(kept) for e in model.experts.values()):
+                continue
+            subset = TensorData({m: data.inputs[m] for m in kept}, data.targets)
+            rows.append({"modalities": " + ".join(kept), **evaluate(model, subset, **kwargs)})
     return rows

@@ -164,3 +164,22 @@ def test_arguments_are_checked(sim_data, build):
 
 def test_device_auto_is_the_cpu_without_a_gpu():
     assert ik.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_compare_across_seeds_reports_mean_and_spread(sim_data, build):
+    rows, trained = ik.compare_across_seeds(build, sim_data["train"], sim_data["valid"], sim_data["test"],
+                                            seeds=[0, 1], names=["uni:x", "i2m2"], epochs=1, progress=False)
+    assert [r["model"] for r in rows] == ["uni:x", "i2m2"] and len(trained) == 2
+    for r in rows:
+        assert r["accuracy"] == pytest.approx(sum(r["accuracy_runs"]) / 2)
+        assert r["accuracy_std"] == pytest.approx(abs(r["accuracy_runs"][0] - r["accuracy_runs"][1]) / 2)
+    assert trained[0]["i2m2"] is not trained[1]["i2m2"]
+
+
+def test_evaluate_missing_drops_the_experts_of_the_absent_modality(sim_data, build):
+    model = build()
+    ik.fit(model, sim_data["train"], epochs=1, progress=False)
+    rows = {r["modalities"]: r for r in ik.evaluate_missing(model, sim_data["test"])}
+    assert list(rows) == ["x + x2", "x", "x2"]
+    assert rows["x + x2"]["accuracy"] == ik.evaluate(model, sim_data["test"])["accuracy"]
+    assert rows["x"]["accuracy"] == ik.evaluate(model.uni("x"), sim_data["test"])["accuracy"]
