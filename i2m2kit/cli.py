@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import importlib.metadata
 import shutil
 import subprocess
@@ -44,7 +45,7 @@ def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """The main job: every notebook, executed headless, with its HTML export and numbers."""
-    from .runner import run_notebook
+    from .runner import data_parameters, run_notebook
 
     notebooks = sorted(Path(args.notebooks).glob("[0-9][0-9]_*.ipynb"))
     if args.only:
@@ -55,8 +56,13 @@ def run(args: argparse.Namespace) -> int:
     parameters = {name: _literal(value) for name, value in args.parameter}
     summary = {}
     for nb in notebooks:
+        data, skipped = data_parameters(nb, args.data, parameters)
+        if skipped:
+            print(f"skipping {nb.name}: {skipped}", flush=True)
+            summary[nb.stem] = {"skipped": skipped}
+            continue
         print(f"running {nb} ...", flush=True)
-        result = run_notebook(nb, args.out, parameters, progress=not args.no_progress)
+        result = run_notebook(nb, args.out, {**data, **parameters}, progress=not args.no_progress)
         summary[nb.stem] = result
         print(f"  executed notebook: {result['notebook']}\n  HTML report:       {result['html']}")
     write_json_atomic(summary, Path(args.out) / "summary.json")
@@ -110,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     n = sub.add_parser("run", help="the main job: execute the notebooks, export HTML, gather numbers")
     n.add_argument("--out", default="outputs", help="folder for executed notebooks and reports (default: outputs)")
     n.add_argument("--notebooks", default="notebooks", help="folder of the numbered notebooks (default: notebooks)")
+    n.add_argument("--data", default=os.environ.get("I2M2KIT_DATA", "../shared/data"),
+                   help="folder holding each benchmark's raw data (default: $I2M2KIT_DATA or ../shared/data, "
+                        "relative to here or to the repository)")
     n.add_argument("--only", nargs="*", help="run only notebooks whose names start with these (e.g. 00)")
     n.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="override a notebook parameter (VALUE read as JSON when it parses)")

@@ -2,7 +2,10 @@
 
 Each notebook has a cell tagged ``parameters`` with an ``output_dir`` parameter; it writes
 the numbers it measured to ``<output_dir>/metrics.json``. Executed copies and their HTML go
-to ``<out>/<notebook name>/``.
+to ``<out>/<notebook name>/``. A notebook that needs real data says so in its metadata,
+``{"i2m2kit": {"data_parameter": "data_dir", "data_subdir": "mimic3_demo"}}``: the runner
+points that parameter at ``<data root>/<data_subdir>`` and skips the notebook, saying why,
+when the folder is not there.
 """
 
 from __future__ import annotations
@@ -40,6 +43,27 @@ def export_html(notebook: str | os.PathLike, html: str | os.PathLike) -> Path:
     with atomic_path(html) as tmp:
         tmp.write_text(body, encoding="utf-8")
     return Path(html)
+
+
+def data_requirement(notebook: str | os.PathLike) -> dict[str, str]:
+    """What real data a notebook needs: its metadata's ``i2m2kit`` entry (empty: none)."""
+    import nbformat
+
+    return dict(nbformat.read(str(notebook), as_version=4).metadata.get("i2m2kit", {}))
+
+
+def data_parameters(notebook: str | os.PathLike, data_root: str | os.PathLike,
+                    parameters: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The data parameter to pass to ``notebook`` and, if its data is missing, why it is skipped."""
+    need = data_requirement(notebook)
+    name = need.get("data_parameter")
+    if not name:
+        return {}, None
+    location = parameters.get(name) or str(Path(data_root) / need.get("data_subdir", ""))
+    if find_folder(location) is None:
+        return {}, (f"its data is not at {location!r}; pass the location with --data ROOT "
+                    f"(or I2M2KIT_DATA) or -p {name} PATH")
+    return {name: str(find_folder(location).resolve())}, None
 
 
 def run_notebook(notebook: str | os.PathLike, out: str | os.PathLike = "outputs",

@@ -60,3 +60,22 @@ def test_notebook_00_reproduces_under_nbval(run00):
                            run00["notebook"]], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert " passed" in proc.stdout
+
+
+def test_a_notebook_whose_data_is_missing_is_skipped_with_the_reason(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "i2m2kit", "run", "--only", "02", "--data", str(tmp_path / "none"),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "skipping 02_mimic.ipynb: its data is not at" in proc.stdout and "-p data_dir PATH" in proc.stdout
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert "skipped" in summary["02_mimic"]
+
+
+def test_the_data_parameter_points_at_the_data_root(shared_data):
+    from i2m2kit.runner import data_parameters
+
+    params, skipped = data_parameters(ROOT / "notebooks" / "02_mimic.ipynb", shared_data, {})
+    assert skipped is None and params == {"data_dir": str((shared_data / "mimic3_demo").resolve())}
+    # an explicit parameter wins over the data root
+    params, _ = data_parameters(ROOT / "notebooks" / "02_mimic.ipynb", "/nowhere", {"data_dir": str(shared_data / "mimic3_demo")})
+    assert params["data_dir"].endswith("mimic3_demo")
