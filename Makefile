@@ -9,6 +9,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 OUT ?= outputs
+DATA ?= $(or $(I2M2KIT_DATA),../shared/data)
 TORCH_INDEX ?=
 HAS_NVIDIA_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 PIP_ARGS := $(if $(HAS_NVIDIA_GPU),,-c constraints-cpu.txt) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
@@ -17,7 +18,7 @@ STAMP := $(VENV)/.i2m2kit-installed
 .PHONY: run test env clean
 
 run: $(STAMP)
-	$(VENV)/bin/python -m i2m2kit run --out $(OUT)
+	$(VENV)/bin/python -m i2m2kit run --out $(OUT) --data $(DATA)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
