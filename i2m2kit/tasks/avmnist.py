@@ -1,0 +1,206 @@
+"""AV-MNIST: a digit from a degraded image and a noisy spoken recording.
+
+The prepared data (``data_scripts/prepare_avmnist.py``, or MultiBench's ``avmnist.tar.gz``,
+the same layout) and the experts of the published I2M2 code:
+
+* image and audio experts: MultiBench's LeNet (a 5x5 convolution, then 3x3 convolutions that
+  double the channels, each followed by batch norm, ReLU and 2x2 max-pooling, down to a 1x1
+  map) and an MLP head. Three extra convolutions take a 28x28 image to 1x1, five a 112x112
+  spectrogram.
+* joint expert: its own two encoders, twice as wide, fused by concatenation (or low-rank
+  tensor fusion) and an MLP head.
+
+    data = avmnist.load("data/avmnist")          # {"train", "valid", "test"}: TensorData
+    model = avmnist.build_model()                # experts "image", "audio", "joint"
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..experts import I2M2, Expert
+from ..train import TensorData
+
+MODALITIES = ("image", "audio")
+N_CLASSES = 10
+VALID_SIZE = 5000  # the last training pairs, by convention of the release
+
+
+# ---------------------------------------------------------------------- data
+
+
+def _as_tensor(array: np.ndarray, shape: tuple[int, ...], path: Path, dtype: torch.dtype,
+               chunk: int = 4096) -> torch.Tensor:
+    """0-255 values as a float tensor in [0, 1] with one channel, ``(N, 1, *shape)``.
+
+    Converted a chunk at a time from the memory-mapped file, so that the only full-size copy
+    is the result (the release stores float64: 6 GB of audio for the training split).
+    """
+    if array.shape[1:] not in (shape, (int(np.prod(shape)),)):
+        raise ValueError(f"{path}: arrays of shape {array.shape[1:]} per example, expected {shape}")
+    out = torch.empty((len(array), 1, *shape), dtype=dtype)
+    for start in range(0, len(array), chunk):
+        block = torch.from_numpy(np.array(array[start:start + chunk]))
+        out[start:start + len(block)] = block.reshape(len(block), 1, *shape).to(dtype) / 255
+    return out
+
+
+def load(path: str | Path, valid_size: int = VALID_SIZE, limit: int | None = None,
+         dtype: torch.dtype = torch.float32) -> dict[str, TensorData]:
+    """The prepared splits, in memory: ``{"train", "valid", "test"}``.
+
+    Inputs ``{"image": (N, 1, 28, 28), "audio": (N, 1, 112, 112)}`` scaled to [0, 1]; targets
+    the digits. ``valid`` is the last ``valid_size`` training pairs, ``train`` the rest.
+    ``limit`` keeps the first ``limit`` examples of each split (quick runs; only those are read).
+    """
+    path = Path(path)
+    files = {(split, m): path / m / f"{split}_data.npy" for split in ("train", "test") for m in MODALITIES}
+    files.update({(split, "labels"): path / f"{split}_labels.npy" for split in ("train", "test")})
+    for file in files.values():
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: not found; build AV-MNIST with "
+                                    f"'python data_scripts/prepare_avmnist.py --raw DIR --out {path}'")
+    arrays = {key: np.load(file, mmap_mode="r") for key, file in files.items()}  # nothing read yet
+    for (split, m), array in arrays.items():
+        if len(array) != len(arrays[split, "labels"]):
+            raise ValueError(f"{files[split, m]}: {len(array)} examples, but "
+                             f"{len(arrays[split, 'labels'])} labels in {files[split, 'labels'].name}")
+    n = len(arrays["train", "labels"])
+    if not 0 < valid_size < n:
+        raise ValueError(f"valid_size={valid_size} must leave training data: there are {n} training pairs")
+    parts = {"train": ("train", 0, n - valid_size), "valid": ("train", n - valid_size, n),
+             "test": ("test", 0, len(arrays["test", "labels"]))}
+    data = {}
+    for name, (split, start, stop) in parts.items():
+        rows = slice(start, stop if limit is None else min(stop, start + limit))
+        inputs = {m: _as_tensor(arrays[split, m][rows], shape, files[split, m], dtype)
+                  for m, shape in (("image", (28, 28)), ("audio", (112, 112)))}
+        data[name] = TensorData(inputs, torch.from_numpy(np.array(arrays[split, "labels"][rows], dtype=np.int64)))
+    return data
+
+
+# ---------------------------------------------------------------------- experts
+
+
+class LeNet(nn.Module):
+    """MultiBench's LeNet encoder: ``(B, 1, H, W) -> (B, channels * 2**extra_layers)``.
+
+    A 5x5 convolution to ``channels``, then ``extra_layers`` 3x3 convolutions each doubling
+    the channels; every one followed by batch norm, ReLU and 2x2 max-pooling. Enough layers
+    to pool the input down to 1x1 (3 for 28x28 images, 5 for 112x112 spectrograms).
+    """
+
+    def __init__(self, channels: int, extra_layers: int, in_channels: int = 1):
+        super().__init__()
+        widths = [channels * 2 ** i for i in range(extra_layers + 1)]
+        blocks = []
+        for i, width in enumerate(widths):
+            conv = (nn.Conv2d(in_channels, width, 5, padding=2, bias=False) if i == 0
+                    else nn.Conv2d(widths[i - 1], width, 3, padding=1, bias=False))
+            nn.init.kaiming_uniform_(conv.weight)
+            blocks += [conv, nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2)]
+        self.layers = nn.Sequential(*blocks, nn.Flatten())
+        self.out_features = widths[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
+    """MultiBench's two-layer MLP head."""
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, d_out))
+
+
+IMAGE_LAYERS, AUDIO_LAYERS = 3, 5  # extra convolutions to reach 1x1 from 28x28 and from 112x112
+
+
+def image_encoder(channels: int) -> LeNet:
+    return LeNet(channels, IMAGE_LAYERS)
+
+
+def audio_encoder(channels: int) -> LeNet:
+    return LeNet(channels, AUDIO_LAYERS)
+
+
+class Concat(nn.Module):
+    """Fusion by concatenation of the encoders' features."""
+
+    def __init__(self, dims: Sequence[int]):
+        super().__init__()
+        self.out_features = sum(dims)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(list(features), dim=-1)
+
+
+class LowRankTensorFusion(nn.Module):
+    """Low-rank multimodal fusion (Liu et al., 2018).
+
+    The tensor product of the features, each with a 1 appended (so that the uni-modal terms
+    stay in the product), projected to ``out_features`` through a rank-``rank`` factorised
+    weight: ``sum_r w_r * prod_m ([1, h_m] @ W_m[r]) + b``. Every factor is a registered
+    parameter (the published module kept them in a Python list, so they were never trained
+    on a GPU nor saved).
+    """
+
+    def __init__(self, dims: Sequence[int], out_features: int, rank: int):
+        super().__init__()
+        self.factors = nn.ParameterList(
+            nn.Parameter(nn.init.xavier_normal_(torch.empty(rank, d + 1, out_features))) for d in dims)
+        self.rank_weights = nn.Parameter(nn.init.xavier_normal_(torch.empty(1, rank)))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        self.out_features = out_features
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        fused = None
+        for h, factor in zip(features, self.factors):
+            with_one = torch.cat([h.new_ones(len(h), 1), h], dim=-1)
+            projected = torch.einsum("bd,rdo->rbo", with_one, factor)
+            fused = projected if fused is None else fused * projected
+        return torch.einsum("r,rbo->bo", self.rank_weights[0], fused) + self.bias
+
+
+class JointNet(nn.Module):
+    """The joint expert's network: one encoder per modality, a fusion, an MLP head."""
+
+    def __init__(self, encoders: Sequence[nn.Module], fusion: nn.Module, head: nn.Module):
+        super().__init__()
+        self.encoders = nn.ModuleList(encoders)
+        self.fusion = fusion
+        self.head = head
+
+    def forward(self, *modalities: torch.Tensor) -> torch.Tensor:
+        return self.head(self.fusion([enc(x) for enc, x in zip(self.encoders, modalities)]))
+
+
+FUSIONS = ("concat", "lowrank")
+
+
+def build_model(channels: int = 6, joint_channels: int = 12, hidden: int = 100, fusion: str = "concat",
+                rank: int = 40, fused_features: int = 120, n_classes: int = N_CLASSES) -> I2M2:
+    """I2M2 for AV-MNIST: experts "image", "audio" (LeNet + MLP) and "joint" (reads both).
+
+    ``channels``: width of the uni-modal LeNets (6 in the published code); ``joint_channels``:
+    width of the joint expert's encoders (twice as wide in the published late-fusion model);
+    ``fusion``: "concat" (late fusion) or "lowrank" (low-rank tensor fusion to
+    ``fused_features``, rank ``rank``).
+    """
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+
+    def uni(encoder: LeNet) -> nn.Sequential:
+        return nn.Sequential(encoder, mlp(encoder.out_features, hidden, n_classes))
+
+    encoders = [image_encoder(joint_channels), audio_encoder(joint_channels)]
+    dims = [e.out_features for e in encoders]
+    fuse = Concat(dims) if fusion == "concat" else LowRankTensorFusion(dims, fused_features, rank)
+    return I2M2({
+        "image": Expert(uni(image_encoder(channels)), reads="image"),
+        "audio": Expert(uni(audio_encoder(channels)), reads="audio"),
+        "joint": Expert(JointNet(encoders, fuse, mlp(fuse.out_features, hidden, n_classes)), reads=MODALITIES),
+    })

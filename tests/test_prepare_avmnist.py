@@ -1,0 +1,263 @@
+"""data_scripts/prepare_avmnist.py on the real raw files (small subsets), and its download path."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import gzip
+import http.server
+import importlib.util
+import json
+import shutil
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from i2m2kit.tasks import avmnist
+
+SCRIPT = Path(__file__).resolve().parents[1] / "data_scripts" / "prepare_avmnist.py"
+SMALL = {"n_train": 600, "n_test": 200, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def prep():
+    spec = importlib.util.spec_from_file_location("prepare_avmnist", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def built(prep, shared_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("avmnist") / "data"
+    return out, prep.prepare(shared_data, out, seed=0, **SMALL)
+
+
+def arrays(out: Path) -> dict[str, np.ndarray]:
+    return {str(p.relative_to(out)): np.load(p) for p in sorted(out.rglob("*.npy"))}
+
+
+def read_pairs(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def raw_copy(shared_data: Path, root: Path, without: str | None = None) -> Path:
+    """A raw folder of links to the shared files (mnist/ copied, so it can be damaged)."""
+    root.mkdir(parents=True, exist_ok=True)
+    if without != "mnist":
+        shutil.copytree(shared_data / "mnist", root / "mnist")
+    for name in ("fsdd", "esc50"):
+        if name != without:
+            (root / name).symlink_to(shared_data / name)
+    return root
+
+
+# ---------------------------------------------------------------------- the arrays
+
+
+def test_layout_shapes_and_ranges(built):
+    out, metadata = built
+    a = arrays(out)
+    assert set(a) == {"image/train_data.npy", "image/test_data.npy", "audio/train_data.npy",
+                      "audio/test_data.npy", "train_labels.npy", "test_labels.npy"}
+    for split, n in (("train", 600), ("test", 200)):
+        assert a[f"image/{split}_data.npy"].shape == (n, 784)
+        assert a[f"audio/{split}_data.npy"].shape == (n, 112, 112)
+        assert a[f"{split}_labels.npy"].shape == (n,)
+        assert a[f"image/{split}_data.npy"].dtype == a[f"audio/{split}_data.npy"].dtype == np.uint8
+        assert set(np.unique(a[f"{split}_labels.npy"])) == set(range(10))
+        # every spectrogram spans the whole 0-255 scale (its loudest bin is 255)
+        assert (a[f"audio/{split}_data.npy"].max(axis=(1, 2)) == 255).all()
+        assert a[f"audio/{split}_data.npy"].min() == 0
+    assert list(a["train_labels.npy"][:5]) == [5, 0, 4, 1, 9]  # MNIST's order is kept
+    assert metadata["image"]["components"] < 20 and metadata["image"]["variance_kept"] >= 0.25
+    assert json.loads((out / "metadata.json").read_text()) == json.loads(json.dumps(metadata))
+
+
+def test_pairs_share_the_digit_and_split_speakers_and_noise(built):
+    out, metadata = built
+    train, test = read_pairs(out / "train_pairs.csv"), read_pairs(out / "test_pairs.csv")
+    for split, pairs in (("train", train), ("test", test)):
+        labels = np.load(out / f"{split}_labels.npy")
+        assert [int(p["label"]) for p in pairs] == labels.tolist()  # image label == audio label
+        assert all(p["recording"].split("_")[0] == p["label"] for p in pairs)
+    train_speakers, test_speakers = {p["speaker"] for p in train}, {p["speaker"] for p in test}
+    assert train_speakers.isdisjoint(test_speakers)
+    assert test_speakers == set(metadata["speakers"]["test"]) == {"yweweler"}
+    assert train_speakers == set(metadata["speakers"]["train"])
+    train_noise, test_noise = {int(p["noise_class"]) for p in train}, {int(p["noise_class"]) for p in test}
+    assert train_noise.isdisjoint(test_noise)
+    assert test_noise <= set(range(40, 50))
+    assert len(metadata["noise"]["train_classes"]) == 40 and len(metadata["noise"]["test_classes"]) == 10
+    assert metadata["noise"]["source"] == "esc50"
+    inputs = metadata["inputs"]
+    assert all(f["published"] for f in inputs["mnist"].values()) and inputs["fsdd"]["published"]
+    assert all(c["published"] for c in inputs["esc50"]["clips"].values())
+
+
+def test_the_task_loader_reads_the_output(built):
+    out, _ = built
+    data = avmnist.load(out, valid_size=100)
+    assert [len(data[s]) for s in ("train", "valid", "test")] == [500, 100, 200]
+    assert data["valid"].inputs["audio"].shape == (100, 1, 112, 112)
+    assert data["test"].targets.tolist() == np.load(out / "test_labels.npy").tolist()
+
+
+def test_deterministic_for_a_seed(prep, shared_data, built, tmp_path):
+    out, _ = built
+    again = tmp_path / "again"
+    prep.prepare(shared_data, again, seed=0, **SMALL)
+    first, second = arrays(out), arrays(again)
+    assert all(np.array_equal(first[k], second[k]) for k in first)
+    assert (out / "test_pairs.csv").read_text() == (again / "test_pairs.csv").read_text()
+
+
+# ---------------------------------------------------------------------- output and errors
+
+
+def test_existing_output_is_refused_and_replaced_whole(prep, shared_data, built, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "data"
+    shutil.copytree(built[0], out)  # a seed-0 build
+    assert prep.main(["--raw", str(shared_data), "--out", str(out), "--n-train", "100", "--n-test", "50",
+                      "--no-progress"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+    def fail(*args):
+        raise RuntimeError("disk full")
+
+    # a failure after the arrays are written leaves the old folder as it was, and no temporary
+    monkeypatch.setattr(prep, "_write_pairs", fail)
+    with pytest.raises(RuntimeError):
+        prep.prepare(shared_data, out, seed=1, overwrite=True, **SMALL)
+    assert json.loads((out / "metadata.json").read_text())["seed"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    monkeypatch.undo()
+    prep.prepare(shared_data, out, seed=1, overwrite=True, **SMALL)
+    assert json.loads((out / "metadata.json").read_text())["seed"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    # another seed, other pairs (same images: the PCA does not depend on the seed)
+    assert not np.array_equal(np.load(out / "audio/train_data.npy"), np.load(built[0] / "audio/train_data.npy"))
+    assert np.array_equal(np.load(out / "image/train_data.npy"), np.load(built[0] / "image/train_data.npy"))
+
+
+def _truncate_idx(mnist: Path) -> str:
+    idx = gzip.decompress((mnist / "train-labels-idx1-ubyte.gz").read_bytes())
+    (mnist / "train-labels-idx1-ubyte.gz").unlink()
+    (mnist / "train-labels-idx1-ubyte").write_bytes(idx[:-100])  # not gzipped: read as well
+    return "train-labels-idx1-ubyte"
+
+
+def _truncate_gzip(mnist: Path) -> str:
+    path = mnist / "t10k-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:50_000])
+    return "t10k-images-idx3-ubyte.gz"
+
+
+def _wrong_file(mnist: Path) -> str:
+    shutil.copy(mnist / "t10k-labels-idx1-ubyte.gz", mnist / "t10k-images-idx3-ubyte.gz")
+    return "t10k-images-idx3-ubyte.gz"
+
+
+@pytest.mark.parametrize("damage", [_truncate_idx, _truncate_gzip, _wrong_file])
+def test_damaged_mnist_file_is_named(prep, shared_data, tmp_path, capsys, damage):
+    raw = raw_copy(shared_data, tmp_path / "raw")
+    name = damage(raw / "mnist")
+    out = tmp_path / "out"
+    assert prep.main(["--raw", str(raw), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and name in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_missing_folders_are_named(prep, shared_data, tmp_path):
+    raw = raw_copy(shared_data, tmp_path / "raw", without="esc50")
+    with pytest.raises(prep.PrepareError, match=r"esc50.*--generated-noise"):
+        prep.prepare(raw, tmp_path / "out", n_train=50, n_test=50, progress=False)
+    raw = raw_copy(shared_data, tmp_path / "raw2", without="mnist")
+    with pytest.raises(prep.PrepareError, match=r"raw2[/\\]mnist: MNIST folder not found"):
+        prep.prepare(raw, tmp_path / "out", n_train=50, n_test=50, progress=False)
+    with pytest.raises(prep.PrepareError, match="nobody"):
+        prep.prepare(shared_data, tmp_path / "out", n_train=50, n_test=50, test_speakers=["nobody"], progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_generated_noise_is_recorded(prep, shared_data, tmp_path):
+    raw = raw_copy(shared_data, tmp_path / "raw", without="esc50")
+    metadata = prep.prepare(raw, tmp_path / "out", n_train=100, n_test=50, generated_noise=True, progress=False)
+    assert metadata["noise"]["source"] == "generated" and metadata["inputs"]["esc50"] is None
+    pairs = read_pairs(tmp_path / "out" / "test_pairs.csv")
+    assert {int(p["noise_class"]) for p in pairs} <= set(range(40, 50))
+
+
+# ---------------------------------------------------------------------- --download
+
+
+@pytest.fixture
+def mirror(shared_data, tmp_path):
+    """A loopback HTTP server over a copy of the shared raw files; ``serve(handler)`` starts it."""
+    root = tmp_path / "mirror"
+    for name in ("mnist", "fsdd", "esc50"):
+        shutil.copytree(shared_data / name, root / name)
+    servers = []
+
+    def serve(handler=http.server.SimpleHTTPRequestHandler) -> str:
+        quiet = type("Quiet", (handler,), {"log_message": lambda self, *args: None})
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(quiet, directory=str(root)))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield root, serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_download_fetches_and_verifies_everything(prep, mirror, tmp_path, monkeypatch):
+    root, serve = mirror
+    monkeypatch.setenv(prep.MIRROR_ENV, serve())
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    assert prep.main(["--raw", str(raw), "--out", str(out), "--download", "--n-train", "100",
+                      "--n-test", "50", "--no-progress"]) == 0
+    assert sorted(p.name for p in (raw / "mnist").iterdir()) == sorted(p.name for p in (root / "mnist").iterdir())
+    assert len(list((raw / "esc50" / "audio").glob("*.wav"))) == 50
+    inputs = json.loads((out / "metadata.json").read_text())["inputs"]
+    assert all(f["published"] for f in inputs["mnist"].values()) and inputs["fsdd"]["published"]
+    assert all(c["published"] for c in inputs["esc50"]["clips"].values())
+    assert not [p for p in raw.rglob(".*")]  # no temporary left behind
+
+
+def test_download_rejects_a_wrong_checksum(prep, mirror, shared_data, tmp_path):
+    root, serve = mirror
+    clip = root / "esc50" / "audio" / "4-102844-A-49.wav"
+    damaged = bytearray(clip.read_bytes())
+    damaged[5000:5010] = b"0123456789"
+    clip.write_bytes(bytes(damaged))
+    raw = raw_copy(shared_data, tmp_path / "raw", without="esc50")  # only the clips to fetch
+    with pytest.raises(prep.PrepareError, match="4-102844-A-49.wav.*sha256"):
+        prep.prepare(raw, tmp_path / "out", download_missing=True, mirror=serve(), progress=False)
+    assert not (raw / "esc50" / "audio" / "4-102844-A-49.wav").exists()
+    assert not [p for p in raw.rglob(".*")] and not (tmp_path / "out").exists()
+
+
+class Truncating(http.server.SimpleHTTPRequestHandler):
+    """Promises the whole file in Content-Length, then sends half of it."""
+
+    def copyfile(self, source, outputfile):
+        data = source.read()
+        outputfile.write(data[: len(data) // 2])
+
+
+def test_download_rejects_a_truncated_transfer(prep, mirror, shared_data, tmp_path):
+    _, serve = mirror
+    raw = raw_copy(shared_data, tmp_path / "raw")
+    (raw / "mnist" / "train-labels-idx1-ubyte.gz").unlink()  # the one file to fetch
+    with pytest.raises(prep.PrepareError, match="train-labels-idx1-ubyte.gz: truncated download"):
+        prep.prepare(raw, tmp_path / "out", download_missing=True, mirror=serve(Truncating), progress=False)
+    assert not (raw / "mnist" / "train-labels-idx1-ubyte.gz").exists()
+    assert not [p for p in raw.rglob(".*")]
