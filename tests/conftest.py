@@ -35,3 +35,16 @@ def shared_data():
             pytest.fail(f"real data folder {path} is missing (set I2M2KIT_SHARED_DATA); tests that need it must run in CI")
         pytest.skip(f"real data folder {path} is missing")
     return path
+
+
+def load_data_script(name: str):
+    """Import data_scripts/<name>.py as a module (the scripts are not a package)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "data_scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

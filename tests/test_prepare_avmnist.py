@@ -6,29 +6,23 @@ import csv
 import functools
 import gzip
 import http.server
-import importlib.util
 import json
 import shutil
-import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_data_script
 
 from i2m2kit.tasks import avmnist
 
-SCRIPT = Path(__file__).resolve().parents[1] / "data_scripts" / "prepare_avmnist.py"
 SMALL = {"n_train": 600, "n_test": 200, "progress": False}
 
 
 @pytest.fixture(scope="module")
 def prep():
-    spec = importlib.util.spec_from_file_location("prepare_avmnist", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_data_script("prepare_avmnist")
 
 
 @pytest.fixture(scope="module")

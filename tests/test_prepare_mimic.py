@@ -4,27 +4,21 @@ from __future__ import annotations
 
 import csv
 import gzip
-import importlib.util
 import itertools
-import sys
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_data_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "data_scripts" / "prepare_mimic.py"
 TABLES = ("PATIENTS", "ADMISSIONS", "ICUSTAYS", "SERVICES", "DIAGNOSES_ICD", "CHARTEVENTS", "LABEVENTS",
           "OUTPUTEVENTS")
 
 
 @pytest.fixture(scope="module")
 def prep():
-    spec = importlib.util.spec_from_file_location("prepare_mimic", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_data_script("prepare_mimic")
 
 
 @pytest.fixture(scope="module")
