@@ -8,13 +8,13 @@ from .experts import HEADS, I2M2, Expert, Output
 from .metrics import evaluate_probs, expected_calibration_error, vqa_score
 from .simulate import SelectionBatch, SelectionModel
 from .train import (REGIMES, FitResult, Predictions, TensorData, compare_across_seeds, compare_models,
-                    evaluate, evaluate_missing, fit, predict, resolve_device)
+                    evaluate, evaluate_missing, evaluate_noised, fit, predict, resolve_device)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "HEADS", "I2M2", "Expert", "Output", "evaluate_probs", "expected_calibration_error",
     "vqa_score", "SelectionBatch", "SelectionModel", "REGIMES", "FitResult", "Predictions",
-    "TensorData", "compare_across_seeds", "compare_models", "evaluate", "evaluate_missing", "fit",
+    "TensorData", "compare_across_seeds", "compare_models", "evaluate", "evaluate_missing", "evaluate_noised", "fit",
     "predict", "resolve_device",
 ]

@@ -7,11 +7,14 @@ JupyterLab, small on disk, and turned into offline HTML (plotly.js inlined once 
 
 from __future__ import annotations
 
+import base64
+import io
 from typing import Mapping, Sequence
 
 import plotly.graph_objects as go
 import plotly.io as pio
 import torch
+from PIL import Image
 from plotly.subplots import make_subplots
 
 from . import contributions as C
@@ -185,4 +188,51 @@ def evidence_scatter(terms: Mapping[str, torch.Tensor], y: torch.Tensor, max_poi
     fig.add_vline(x=0, line_color="#999")
     fig.update_layout(title=title, height=420, xaxis_title="intra-modality evidence (nats)",
                       yaxis_title="inter-modality evidence (nats)")
+    return fig
+
+
+def metric_curves(rows: Sequence[Mapping], x: str, group: str, metric: str = "accuracy",
+                  title: str | None = None, x_title: str | None = None) -> go.Figure:
+    """``metric`` against ``x``, one line per value of ``group`` (with error bars
+    when ``<metric>_std`` is given), e.g. accuracy against test-time noise per model."""
+    fig = go.Figure()
+    for i, name in enumerate(dict.fromkeys(r[group] for r in rows)):
+        line = sorted((r for r in rows if r[group] == name), key=lambda r: r[x])
+        fig.add_trace(go.Scatter(
+            x=[r[x] for r in line], y=[r[metric] for r in line], mode="lines+markers", name=str(name),
+            line=dict(color=EXPERT_COLOURS[i % len(EXPERT_COLOURS)]),
+            error_y=dict(type="data", array=[r.get(f"{metric}_std", 0) for r in line])))
+    fig.update_layout(title=title or f"{metric} against {x}", xaxis_title=x_title or x, yaxis_title=metric,
+                      height=400)
+    return fig
+
+
+def _png(picture: torch.Tensor, flip: bool) -> str:
+    """A 2-D tensor as an inline grey-scale PNG (min to max), a few kB however many pixels."""
+    x = picture.detach().float().cpu()
+    x = (x - x.min()) / (x.max() - x.min()).clamp_min(1e-12) * 255
+    pixels = x.round().to(torch.uint8).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[::-1] if flip else pixels, mode="L").save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def examples(panels: Mapping[str, torch.Tensor], captions: Sequence[str], title: str = "Examples",
+             flip_vertical: Sequence[str] = ()) -> go.Figure:
+    """A grid of grey-scale pictures: one column per sample (its caption above), one row per
+    panel, e.g. ``{"image": (N, 28, 28), "spectrogram": (N, 112, 112)}``. Panels named in
+    ``flip_vertical`` are drawn with row 0 at the bottom (low frequencies of a spectrogram).
+    Pictures are stored as PNG, so the figure stays small in a notebook."""
+    names, n = list(panels), len(captions)
+    fig = make_subplots(rows=len(names), cols=n, column_titles=list(captions), row_titles=names,
+                        horizontal_spacing=0.01, vertical_spacing=0.04)
+    for r, name in enumerate(names, start=1):
+        for c in range(1, n + 1):
+            picture = panels[name][c - 1].reshape(panels[name].shape[-2:])
+            fig.add_trace(go.Image(source=_png(picture, name in flip_vertical), hoverinfo="skip"), row=r, col=c)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_annotations(font_size=11)
+    fig.update_layout(title=title, height=190 * len(names) + 120, width=max(600, 150 * n + 80),
+                      margin=dict(l=30, r=30, t=110, b=20))
     return fig

@@ -3,7 +3,8 @@
 Each notebook has a cell tagged ``parameters`` with an ``output_dir`` parameter; it writes
 the numbers it measured to ``<output_dir>/metrics.json``. Executed copies and their HTML go
 to ``<out>/<notebook name>/``. A notebook that needs real data says so in its metadata,
-``{"i2m2kit": {"data_parameter": "data_dir", "data_subdir": "mimic3_demo"}}``: the runner
+``{"i2m2kit": {"data_parameter": "data_dir", "data_subdir": "mimic3_demo"}}`` (optionally
+``"data_requires": [entries the folder must hold]`` and ``"download_parameter"``): the runner
 points that parameter at ``<data root>/<data_subdir>`` and skips the notebook, saying why,
 when the folder is not there.
 """
@@ -54,16 +55,28 @@ def data_requirement(notebook: str | os.PathLike) -> dict[str, str]:
 
 def data_parameters(notebook: str | os.PathLike, data_root: str | os.PathLike,
                     parameters: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
-    """The data parameter to pass to ``notebook`` and, if its data is missing, why it is skipped."""
+    """The data parameter to pass to ``notebook`` and, if its data is missing, why it is skipped.
+
+    The folder must hold every entry of ``data_requires`` (if the metadata lists any), unless
+    the notebook is told to fetch them (its ``download_parameter`` set true)."""
     need = data_requirement(notebook)
     name = need.get("data_parameter")
     if not name:
         return {}, None
     location = parameters.get(name) or str(Path(data_root) / need.get("data_subdir", ""))
-    if find_folder(location) is None:
+    folder = find_folder(location)
+    missing = [] if folder is None else [p for p in need.get("data_requires", []) if not (folder / p).exists()]
+    download = need.get("download_parameter")
+    if download and parameters.get(download):
+        return ({name: str(folder.resolve()) if folder is not None else location}, None)
+    fetch = f", or -p {download} true to fetch it from its publishers" if download else ""
+    if folder is None:
         return {}, (f"its data is not at {location!r}; pass the location with --data ROOT "
-                    f"(or I2M2KIT_DATA) or -p {name} PATH")
-    return {name: str(find_folder(location).resolve())}, None
+                    f"(or I2M2KIT_DATA) or -p {name} PATH{fetch}")
+    if missing:
+        return {}, (f"{location!r} lacks {', '.join(missing)}; pass a location holding "
+                    f"{', '.join(need['data_requires'])} with --data ROOT (or I2M2KIT_DATA) or -p {name} PATH{fetch}")
+    return {name: str(folder.resolve())}, None
 
 
 def run_notebook(notebook: str | os.PathLike, out: str | os.PathLike = "outputs",

@@ -7,6 +7,8 @@ Regimes:
 * ``"pretrain_finetune"``: each expert is first trained alone (its own uni-modal or
   inter-modality model, a view sharing its parameters), then all are fine-tuned jointly
   (AV-MNIST).
+* ``"finetune"``: the fine-tuning phase alone, from experts already trained (the published
+  AV-MNIST code loads the checkpoints of its uni-modal and late-fusion runs this way).
 * ``"frozen_backbone"``: the model's shared backbone is frozen and only the experts, the
   heads, are trained (VQA, NLVR2).
 
@@ -34,7 +36,7 @@ from .experts import I2M2, log_probs
 from .io import atomic_path
 from .metrics import evaluate_probs
 
-REGIMES = ("joint", "pretrain_finetune", "frozen_backbone")
+REGIMES = ("joint", "pretrain_finetune", "finetune", "frozen_backbone")
 LOWER_IS_BETTER = ("loss", "nll", "ece")
 CHECKPOINT_FORMAT = 1
 
@@ -180,6 +182,8 @@ def training_phases(model: I2M2, regime: str, epochs: int, pretrain_epochs: int 
     if regime == "pretrain_finetune":
         pre = [Phase(f"pretrain:{n}", model.subset(n), pretrain_epochs or epochs) for n in model.experts]
         return pre + [Phase("finetune", model, epochs, start_is_candidate=True)]
+    if regime == "finetune":
+        return [Phase("finetune", model, epochs, start_is_candidate=True)]
     if regime == "frozen_backbone":
         if model.backbone is None:
             raise ValueError("regime='frozen_backbone' needs a model built with a backbone")
@@ -410,25 +414,47 @@ def compare_models(
 
     Each of uni-modal, intra-modality, inter-modality and I2M2 (``model.baselines()``) is
     cut from a freshly built model with the same seed, so they start from the same weights,
-    and trained on its own with the same ``fit`` arguments. Returns one row per model; if a
+    and trained on its own with the same ``fit`` arguments. With ``regime="pretrain_finetune"``
+    the single-expert models (uni-modal, inter) are trained first, for ``pretrain_epochs``,
+    and are the pretraining of the others, which start from their weights and are fine-tuned
+    (``train_seconds`` then includes that pretraining). Returns one row per model; if a
     ``trained`` dict is given, the trained models are put in it by name.
     """
     names = list(names) if names is not None else list(build_model().baselines())
     device = fit_kwargs.get("device", "auto")
-    rows = []
-    for name in tqdm(names, desc="models", disable=not progress):
+    staged = fit_kwargs.get("regime") == "pretrain_finetune"
+    order = names
+    if staged:  # single-expert models first: they are the pretraining of the others
+        order = sorted(names, key=lambda name: len(build_model().baselines()[name].experts) > 1)
+    pretrained: dict[str, tuple[I2M2, float]] = {}  # expert name -> (its trained model, seconds)
+    rows = {}
+    for name in tqdm(order, desc="models", disable=not progress):
         torch.manual_seed(seed)
         model = build_model().baselines()[name]
         directory = None if checkpoint_dir is None else Path(checkpoint_dir) / name.replace(":", "-")
+        kwargs, seconds = dict(fit_kwargs), 0.0
+        if staged and len(model.experts) == 1:
+            # an expert trained alone is its own pretraining: pretrain_epochs of it, no fine-tune
+            kwargs["regime"] = "joint"
+            if fit_kwargs.get("pretrain_epochs"):
+                kwargs["epochs"] = fit_kwargs["pretrain_epochs"]
+        elif staged and all(n in pretrained for n in model.experts):
+            # as published: start from the experts' own trained runs, then fine-tune together
+            for n, expert in model.experts.items():
+                expert.load_state_dict(pretrained[n][0].experts[n].state_dict())
+                seconds += pretrained[n][1]
+            kwargs.update(regime="finetune")
         started = time.perf_counter()
         # one bar over the models; a bar per epoch of each would bury it
-        result = fit(model, train, valid, seed=seed, checkpoint_dir=directory, progress=False, **fit_kwargs)
-        seconds = time.perf_counter() - started
+        result = fit(model, train, valid, seed=seed, checkpoint_dir=directory, progress=False, **kwargs)
+        seconds += time.perf_counter() - started
+        if staged and len(model.experts) == 1:
+            pretrained[next(iter(model.experts))] = (model, seconds)
         if trained is not None:
             trained[name] = model
-        rows.append({"model": name, **evaluate(model, test, device=device),
-                     "best_epoch": result.best_epoch, "train_seconds": seconds})
-    return rows
+        rows[name] = {"model": name, **evaluate(model, test, device=device),
+                      "best_epoch": result.best_epoch, "train_seconds": seconds}
+    return [rows[name] for name in names]
 
 
 def compare_across_seeds(
@@ -471,4 +497,23 @@ def evaluate_missing(model: I2M2, data: TensorData, **kwargs: Any) -> list[dict[
                 continue
             subset = TensorData({m: data.inputs[m] for m in kept}, data.targets)
             rows.append({"modalities": " + ".join(kept), **evaluate(model, subset, **kwargs)})
+    return rows
+
+
+def evaluate_noised(model: I2M2, data: TensorData, modality: str, levels: Iterable[float],
+                    seed: int = 0, **kwargs: Any) -> list[dict[str, Any]]:
+    """The model's test metrics with Gaussian noise added to one modality at test time.
+
+    The noise's standard deviation is ``level`` times the modality's own (over ``data``), so
+    levels mean the same for every modality; one row per level, the same noise draw for every
+    model evaluated with the same seed.
+    """
+    if modality not in data.inputs:
+        raise KeyError(f"modality {modality!r} is not in the data; it has {sorted(data.inputs)}")
+    x = data.inputs[modality]
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype).to(x.device)
+    rows = []
+    for level in levels:
+        noised = TensorData({**data.inputs, modality: x + level * x.float().std().to(x.dtype) * noise}, data.targets)
+        rows.append({"noised": modality, "noise": float(level), **evaluate(model, noised, **kwargs)})
     return rows

@@ -25,6 +25,37 @@ def test_i2m2_learns_and_beats_the_intra_modality_model(sim, sim_data, build):
         assert {"accuracy", "auroc", "auprc", "ece", "nll", "loss"} <= set(r)
 
 
+def test_pretrain_finetune_starts_the_products_from_the_experts_trained_alone(sim_data, build, monkeypatch):
+    """As published: the uni-modal and inter runs are the pretraining; intra and I2M2 load
+    their experts and are only fine-tuned (no second pretraining of the same experts)."""
+    calls = []
+    real_fit = ik.train.fit
+
+    def recording_fit(model, *args, **kwargs):
+        calls.append((sorted(model.experts), kwargs["regime"], kwargs["epochs"],
+                      {n: [p.detach().clone() for p in e.parameters()] for n, e in model.experts.items()}))
+        return real_fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(ik.train, "fit", recording_fit)
+    trained = {}
+    rows = ik.compare_models(build, sim_data["train"], sim_data["valid"], sim_data["test"], regime="pretrain_finetune",
+                             epochs=1, pretrain_epochs=2, batch_size=256, progress=False, trained=trained)
+    assert [r["model"] for r in rows] == ["uni:x", "uni:x2", "intra", "inter", "i2m2"]
+    by_experts = {tuple(experts): (regime, epochs, start) for experts, regime, epochs, start in calls}
+    assert len(calls) == 5
+    for alone in (("x",), ("x2",), ("joint",)):
+        assert by_experts[alone][:2] == ("joint", 2)  # pretraining: pretrain_epochs, alone
+    for product, members in ((("x", "x2"), "intra"), (("joint", "x", "x2"), "i2m2")):
+        regime, epochs, start = by_experts[product]
+        assert (regime, epochs) == ("finetune", 1)
+        for n in product:  # it starts where the expert's own run ended
+            source = {"x": "uni:x", "x2": "uni:x2", "joint": "inter"}[n]
+            for p, q in zip(start[n], trained[source].experts[n].parameters()):
+                assert torch.equal(p, q)
+    i2m2 = next(r for r in rows if r["model"] == "i2m2")
+    assert i2m2["train_seconds"] > sum(r["train_seconds"] for r in rows if r["model"] in ("uni:x", "uni:x2", "inter"))
+
+
 class Crash(Exception):
     pass
 
@@ -183,3 +214,20 @@ def test_evaluate_missing_drops_the_experts_of_the_absent_modality(sim_data, bui
     assert list(rows) == ["x + x2", "x", "x2"]
     assert rows["x + x2"]["accuracy"] == ik.evaluate(model, sim_data["test"])["accuracy"]
     assert rows["x"]["accuracy"] == ik.evaluate(model.uni("x"), sim_data["test"])["accuracy"]
+
+
+def test_evaluate_noised_degrades_the_noised_modality_only(sim_data, build):
+    model = build()
+    ik.fit(model, sim_data["train"], epochs=2, progress=False)
+    clean = ik.evaluate(model, sim_data["test"])["accuracy"]
+    rows = ik.evaluate_noised(model, sim_data["test"], "x", [0.0, 1.0, 10.0])
+    assert [r["noise"] for r in rows] == [0.0, 1.0, 10.0] and all(r["noised"] == "x" for r in rows)
+    assert rows[0]["accuracy"] == clean  # no noise, no change
+    assert rows[2]["accuracy"] < rows[0]["accuracy"] - 0.05  # drowned in noise, it loses its evidence
+    # an expert that does not read x is untouched by noise on x
+    assert ik.evaluate_noised(model.uni("x2"), sim_data["test"], "x", [10.0])[0]["accuracy"] == \
+        ik.evaluate(model.uni("x2"), sim_data["test"])["accuracy"]
+    # the same seed draws the same noise
+    assert ik.evaluate_noised(model, sim_data["test"], "x", [1.0])[0]["accuracy"] == rows[1]["accuracy"]
+    with pytest.raises(KeyError, match="'audio'"):
+        ik.evaluate_noised(model, sim_data["test"], "audio", [1.0])

@@ -16,8 +16,9 @@ the same layout) and the experts of the published I2M2 code:
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -48,6 +49,18 @@ def _as_tensor(array: np.ndarray, shape: tuple[int, ...], path: Path, dtype: tor
         block = torch.from_numpy(np.array(array[start:start + chunk]))
         out[start:start + len(block)] = block.reshape(len(block), 1, *shape).to(dtype) / 255
     return out
+
+
+def prepared_files(path: str | Path) -> list[Path]:
+    """The six arrays of the layout (this package's build or MultiBench's release)."""
+    path = Path(path)
+    return ([path / m / f"{split}_data.npy" for split in ("train", "test") for m in MODALITIES]
+            + [path / f"{split}_labels.npy" for split in ("train", "test")])
+
+
+def is_prepared(path: str | Path) -> bool:
+    """Does ``path`` hold prepared AV-MNIST (every array of the layout)?"""
+    return all(f.is_file() for f in prepared_files(path))
 
 
 def load(path: str | Path, valid_size: int = VALID_SIZE, limit: int | None = None,
@@ -204,3 +217,12 @@ def build_model(channels: int = 6, joint_channels: int = 12, hidden: int = 100, 
         "audio": Expert(uni(audio_encoder(channels)), reads="audio"),
         "joint": Expert(JointNet(encoders, fuse, mlp(fuse.out_features, hidden, n_classes)), reads=MODALITIES),
     })
+
+
+def published_recipe(epochs: int = 30, regime: str = "pretrain_finetune") -> dict[str, Any]:
+    """``fit`` arguments of the published AV-MNIST runs: each expert pretrained alone, then the
+    experts fine-tuned together (``regime="joint"``: from scratch instead), ``epochs`` for each
+    stage; SGD lr 0.01, weight decay 1e-4, batch 40, gradient norm clipped at 8, model
+    selection on validation accuracy."""
+    return dict(regime=regime, epochs=epochs, pretrain_epochs=epochs, batch_size=40, clip_grad_norm=8.0,
+                optimizer=functools.partial(torch.optim.SGD, lr=0.01, weight_decay=1e-4), monitor="accuracy")
