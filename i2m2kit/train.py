@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 from tqdm.auto import tqdm
 
+from . import distributed
 from .experts import I2M2, log_probs
 from .io import atomic_path
 from .metrics import evaluate_probs
@@ -70,14 +71,33 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def make_loader(data: Dataset | DataLoader, batch_size: int, shuffle: bool = False,
-                generator: torch.Generator | None = None) -> DataLoader:
-    """Batches of ``(inputs dict, targets)``. A DataLoader given by the user is used as is."""
+                generator: torch.Generator | None = None, shard: bool = True) -> DataLoader:
+    """Batches of ``(inputs dict, targets)``. A DataLoader given by the user is used as is.
+
+    Under torchrun (and ``shard``) each rank gets its share of every global batch.
+    """
     if isinstance(data, DataLoader):
+        if shard and distributed.active():
+            raise ValueError("under torchrun pass a dataset, not a DataLoader: fit splits each batch between ranks")
         return data
+    order = RandomSampler(data, generator=generator) if shuffle else SequentialSampler(data)
+    batches = BatchSampler(order, batch_size, drop_last=False)
+    if shard and distributed.active():
+        batches = distributed.RankShard(batches, distributed.rank(), distributed.world_size())
+    if isinstance(data, TensorData):  # the dataset slices whole batches: no per-example collate
+        return DataLoader(data, sampler=batches, batch_size=None)
+    return DataLoader(data, batch_sampler=batches)
+
+
+def _local_part(data: Dataset) -> Dataset:
+    """This rank's contiguous block of ``data`` for evaluation (all of it in one process)."""
+    if not distributed.active():
+        return data
+    rows = distributed.contiguous_range(len(data))
     if isinstance(data, TensorData):
-        order = RandomSampler(data, generator=generator) if shuffle else SequentialSampler(data)
-        return DataLoader(data, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None)
-    return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)
+        block = slice(rows.start, rows.stop)
+        return TensorData({k: v[block] for k, v in data.inputs.items()}, data.targets[block])
+    return torch.utils.data.Subset(data, list(rows))
 
 
 def _to(batch_inputs: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -109,20 +129,28 @@ class Predictions:
 @torch.no_grad()
 def predict(model: I2M2, data, batch_size: int = 512, device: str | torch.device = "auto",
             amp: bool = True, progress: bool = False) -> Predictions:
-    device = resolve_device(device)
+    """The model's logits for ``data`` (under torchrun: each rank predicts a block and every
+    rank gets the whole, in order; call it on every rank)."""
+    device = distributed.device_for_rank(resolve_device(device))
     was_training = model.training
     model.to(device).eval()
     logits, experts, targets = [], {}, []
-    for inputs, target in tqdm(make_loader(data, batch_size), desc="predict", leave=False, disable=not progress):
+    local = data if isinstance(data, DataLoader) else _local_part(data)
+    for inputs, target in tqdm(make_loader(local, batch_size, shard=False), desc="predict", leave=False,
+                               disable=not progress or not distributed.is_main()):
         with _autocast(device, amp):
             out = model(_to(inputs, device))
         logits.append(out.logits.float().cpu())
         for name, z in out.expert_logits.items():
             experts.setdefault(name, []).append(z.float().cpu())
-        targets.append(target)
+        targets.append(target.cpu())
     model.train(was_training)
-    return Predictions(torch.cat(logits), {n: torch.cat(z) for n, z in experts.items()},
-                       torch.cat(targets), model.head)
+    pieces = (torch.cat(logits), {n: torch.cat(z) for n, z in experts.items()}, torch.cat(targets))
+    if distributed.active() and not isinstance(data, DataLoader):
+        parts = distributed.gather(pieces)
+        pieces = (torch.cat([p[0] for p in parts]), {n: torch.cat([p[1][n] for p in parts]) for n in pieces[1]},
+                  torch.cat([p[2] for p in parts]))
+    return Predictions(*pieces, model.head)
 
 
 def evaluate(model: I2M2, data, batch_size: int = 512, device: str | torch.device = "auto",
@@ -145,20 +173,23 @@ def save_atomic(obj: Any, path: Path) -> None:
 
 
 def _prepare_checkpoint_dir(directory: Path, resume: bool) -> dict | None:
-    """Check the directory before any training; return the state to resume from, if any."""
+    """Check the directory before any training; return the state to resume from, if any.
+    Rank 0 alone checks and writes (under torchrun); every rank reads the state."""
     last = directory / "last.pt"
-    if last.exists() and not resume:
-        raise FileExistsError(
-            f"{last} holds an earlier training run; pass resume=True to continue it, "
-            f"or choose another checkpoint_dir"
-        )
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"0" * 4096)
-        probe.unlink()
-    except OSError as e:
-        raise OSError(f"cannot write checkpoints to {directory}: {e.strerror or e}") from e
+    if distributed.is_main():
+        if last.exists() and not resume:
+            raise FileExistsError(
+                f"{last} holds an earlier training run; pass resume=True to continue it, "
+                f"or choose another checkpoint_dir"
+            )
+        try:  # an unwritable or full disk fails now, not after the first epoch
+            directory.mkdir(parents=True, exist_ok=True)
+            probe = directory / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"0" * 4096)
+            probe.unlink()
+        except OSError as e:
+            raise OSError(f"cannot write checkpoints to {directory}: {e.strerror or e}") from e
+    distributed.barrier()
     if not (resume and last.exists()):
         return None
     state = torch.load(last, map_location="cpu", weights_only=True)
@@ -249,7 +280,9 @@ def fit(
     if patience is not None and valid is None:
         raise ValueError("patience (early stopping) needs a validation set: pass valid")
     make_optimizer = optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3))
-    device = resolve_device(device)
+    distributed.init_from_env()  # under torchrun: join the process group
+    device = distributed.device_for_rank(resolve_device(device))
+    main = distributed.is_main()  # checkpoints and progress bars from rank 0 only
     phases = training_phases(model, regime, epochs, pretrain_epochs)
     directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
     state = _prepare_checkpoint_dir(directory, resume) if directory is not None else None
@@ -277,6 +310,11 @@ def fit(
             continue
         net = phase.model
         params = [p for p in net.parameters() if p.requires_grad]
+        # DDP averages the gradients of the ranks during backward
+        forward = net
+        if distributed.active():
+            ids = [device.index] if device.type == "cuda" else None
+            forward = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
         opt = make_optimizer(params)
         scaler = torch.amp.GradScaler(device.type, enabled=use_fp16)
         selection = Selection(monitor)
@@ -302,7 +340,7 @@ def fit(
             # fine-tuning can only make pretrained experts worse on validation: keep that option
             validate(0, {"phase": phase.name, "epoch": 0, "train_loss": None})
 
-        epoch_bar = tqdm(range(first_epoch, phase.epochs), desc=phase.name, disable=not progress,
+        epoch_bar = tqdm(range(first_epoch, phase.epochs), desc=phase.name, disable=not progress or not main,
                          initial=first_epoch, total=phase.epochs)
         for epoch in epoch_bar:
             if patience is not None and selection.bad_epochs >= patience:
@@ -314,10 +352,10 @@ def fit(
                 net.backbone.eval()
             total, count = 0.0, 0
             for step, (inputs, target) in enumerate(tqdm(loader, desc=f"epoch {epoch + 1}", leave=False,
-                                                         disable=not progress)):
+                                                         disable=not progress or not main)):
                 target = target.to(device, non_blocking=True)
                 with _autocast(device, amp):
-                    out = net(_to(inputs, device))
+                    out = forward(_to(inputs, device))
                 loss = net.loss(out.logits.float(), target, weight)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
@@ -325,7 +363,11 @@ def fit(
                         f"{epoch + 1}, step {step + 1}: check the inputs for NaN/inf or lower the learning rate"
                     )
                 opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                if distributed.active():  # this rank's share of the global batch's mean loss
+                    global_size = min(batch_size, len(train) - step * batch_size)
+                    scaler.scale(loss * distributed.loss_scale(len(target), global_size)).backward()
+                else:
+                    scaler.scale(loss).backward()
                 if clip_grad_norm is not None:
                     scaler.unscale_(opt)
                     torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
@@ -334,6 +376,7 @@ def fit(
                 total += loss.item() * len(target)
                 count += len(target)
 
+            total, count = distributed.sum_over_ranks([total, count])
             row: dict[str, Any] = {"phase": phase.name, "epoch": epoch + 1, "train_loss": total / count}
             if valid is not None:
                 validate(epoch + 1, row)
@@ -342,17 +385,18 @@ def fit(
             else:
                 result.best_epoch = epoch + 1
                 result.history.append(row)
-            if directory is not None:
+            if directory is not None and main:
                 save_atomic(_checkpoint(model, opt, scaler, phase_index, epoch + 1, result, selection, device),
                             directory / "last.pt")
 
         if restore_best and selection.best_state is not None:
             model.load_state_dict(selection.best_state)
-        if directory is not None:  # phase done: the next one starts from here
+        if directory is not None and main:  # phase done: the next one starts from here
             save_atomic(_checkpoint(model, None, None, phase_index + 1, 0, result, Selection(monitor), device),
                         directory / "last.pt")
-    if directory is not None:
+    if directory is not None and main:
         save_atomic(model.state_dict(), directory / "model.pt")
+    distributed.barrier()  # every rank returns once the files are written
     return result
 
 
