@@ -73,3 +73,11 @@ def test_notebook_02_reproduces_under_nbval(mortality):
                            mortality["notebook"]], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert " passed" in proc.stdout
+
+
+def test_mortality_run_reproduces_under_nbval(mortality):
+    """nbval re-executes the copy with the same parameters and compares the checked cells:
+    the split sizes and the five models' test metrics (same seeds, same numbers)."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
+                           mortality["notebook"]], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:]
