@@ -85,7 +85,14 @@ class Expert(nn.Module):
         return len(self.reads) > 1
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return self.net(*(inputs[m] for m in self.reads))
+        try:
+            return self.net(*(inputs[m] for m in self.reads))
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except RuntimeError as e:  # a shape mismatch deep in the network: say which input it was
+            shapes = ", ".join(f"{m} {tuple(inputs[m].shape)}" for m in self.reads)
+            raise ValueError(f"expert reading {', '.join(self.reads)} failed on inputs of shape {shapes} "
+                             f"(batch first): {str(e).splitlines()[0]}") from e
 
     def extra_repr(self) -> str:
         return f"reads={self.reads}"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .io import atomic_path
 
@@ -79,6 +79,49 @@ def data_parameters(notebook: str | os.PathLike, data_root: str | os.PathLike,
     return {name: str(folder.resolve())}, None
 
 
+def check_parameter(name: str, value: Any, kind: type | tuple[type, ...] | None = None, low: float | None = None,
+                    high: float | None = None, choices: Sequence[Any] | None = None,
+                    items: type | None = None) -> None:
+    """A notebook's first cells call this for each parameter, so that a bad value fails at
+    once with a message naming the parameter, not deep inside training.
+
+    ``kind``: accepted type(s) (an int is accepted where float is asked); ``low``/``high``:
+    inclusive bounds; ``choices``: the allowed values; ``items``: a non-empty list or tuple
+    whose elements are of this type."""
+    def fail(why: str) -> None:
+        raise ValueError(f"parameter {name}={value!r}: {why}")
+
+    if kind is not None:
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if float in kinds:
+            kinds += (int,)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            fail(f"expected {' or '.join(k.__name__ for k in kinds)}, got {type(value).__name__}")
+    if choices is not None and value not in choices:
+        fail(f"must be one of {list(choices)}")
+    if low is not None and value < low:
+        fail(f"must be at least {low}")
+    if high is not None and value > high:
+        fail(f"must be at most {high}")
+    if items is not None:
+        if not isinstance(value, (list, tuple)) or not value:
+            fail(f"expected a non-empty list of {items.__name__}")
+        if not all(isinstance(v, items) and not isinstance(v, bool) for v in value):
+            fail(f"every element must be {items.__name__}")
+
+
+def check_known_parameters(notebook: str | os.PathLike, parameters: Mapping[str, Any]) -> None:
+    """Refuse parameters the notebook's ``parameters`` cell does not declare (papermill would
+    inject them silently and the run would ignore them)."""
+    import papermill
+
+    declared = papermill.inspect_notebook(str(notebook))
+    unknown = sorted(set(parameters) - set(declared))
+    if unknown:
+        raise ValueError(f"{Path(notebook).name}: unknown parameter{'s' * (len(unknown) > 1)} "
+                         f"{', '.join(unknown)}; it takes {', '.join(declared)}")
+
+
 def run_notebook(notebook: str | os.PathLike, out: str | os.PathLike = "outputs",
                  parameters: Mapping[str, Any] | None = None, kernel_name: str = "python3",
                  progress: bool = True) -> dict[str, Any]:
@@ -88,6 +131,7 @@ def run_notebook(notebook: str | os.PathLike, out: str | os.PathLike = "outputs"
     notebook = Path(notebook)
     if not notebook.is_file():
         raise FileNotFoundError(f"notebook {notebook} does not exist")
+    check_known_parameters(notebook, parameters or {})
     run_dir = Path(out) / notebook.stem
     run_dir.mkdir(parents=True, exist_ok=True)
     executed, html, metrics = run_dir / notebook.name, run_dir / f"{notebook.stem}.html", run_dir / "metrics.json"

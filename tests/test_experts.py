@@ -113,6 +113,8 @@ def test_bad_inputs_name_the_culprit():
         model.subset("video")
     with pytest.raises(KeyError, match="reads 'video' alone|no expert reads 'video'"):
         model.uni("video")
+    with pytest.raises(ValueError, match=r"expert reading image failed on inputs of shape image \(8, 7\)"):
+        model({"image": torch.randn(8, 7), "audio": inputs["audio"]})  # a modality of the wrong width
     bad = ik.I2M2({"a": ik.Expert(nn.Linear(4, 5), "image"), "b": ik.Expert(nn.Linear(3, 4), "audio")})
     with pytest.raises(ValueError, match="expert 'b' returned logits of shape"):
         bad(inputs)
