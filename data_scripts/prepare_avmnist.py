@@ -56,6 +56,7 @@ import sys
 import tarfile
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -280,7 +281,11 @@ class Sound:
 def read_wav(data: bytes, name: str) -> tuple[int, np.ndarray]:
     """Sample rate and mono float32 samples in [-1, 1] of a WAV file's bytes."""
     try:
-        rate, x = scipy.io.wavfile.read(io.BytesIO(data))
+        with warnings.catch_warnings():  # scipy only warns about a truncated file: refuse it
+            warnings.simplefilter("error", scipy.io.wavfile.WavFileWarning)
+            rate, x = scipy.io.wavfile.read(io.BytesIO(data))
+    except scipy.io.wavfile.WavFileWarning as e:
+        raise PrepareError(f"{name}: damaged WAV file ({e})") from e
     except (ValueError, EOFError, struct.error) as e:
         raise PrepareError(f"{name}: not a readable WAV file ({e})") from e
     if x.dtype == np.uint8:

@@ -300,9 +300,12 @@ class Table:
         if not text:
             return None
         try:
-            return float(text)
+            value = float(text)
         except ValueError:
             raise self._fail(line, column, "not a number:", text) from None
+        if not math.isfinite(value):  # "nan" and "inf" parse, but would poison the series
+            raise self._fail(line, column, "not a finite number:", text)
+        return value
 
     def integer(self, row: list[str], column: str, line: int) -> int | None:
         text = row[self.col[column]]

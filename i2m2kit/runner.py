@@ -4,7 +4,8 @@ Each notebook has a cell tagged ``parameters`` with an ``output_dir`` parameter;
 the numbers it measured to ``<output_dir>/metrics.json``. Executed copies and their HTML go
 to ``<out>/<notebook name>/``. A notebook that needs real data says so in its metadata,
 ``{"i2m2kit": {"data_parameter": "data_dir", "data_subdir": "mimic3_demo"}}`` (optionally
-``"data_requires": [entries the folder must hold]`` and ``"download_parameter"``): the runner
+``"data_requires": [entries the folder must hold]``, ``"download_parameter"`` and
+``"data_hint"``, how to obtain the data): the runner
 points that parameter at ``<data root>/<data_subdir>`` and skips the notebook, saying why,
 when the folder is not there.
 """
@@ -70,6 +71,7 @@ def data_parameters(notebook: str | os.PathLike, data_root: str | os.PathLike,
     if download and parameters.get(download):
         return ({name: str(folder.resolve()) if folder is not None else location}, None)
     fetch = f", or -p {download} true to fetch it from its publishers" if download else ""
+    fetch += f"; {need['data_hint']}" if need.get("data_hint") else ""  # how to obtain the data
     if folder is None:
         return {}, (f"its data is not at {location!r}; pass the location with --data ROOT "
                     f"(or I2M2KIT_DATA) or -p {name} PATH{fetch}")

@@ -54,6 +54,9 @@ class TensorData(Dataset):
         for name, x in inputs.items():
             if len(x) != n:
                 raise ValueError(f"modality {name!r} has {len(x)} examples but there are {n} targets")
+            if x.is_floating_point() and not torch.isfinite(x).all():  # no silent NaNs in training
+                bad = int((~torch.isfinite(x.reshape(n, -1))).any(1).nonzero()[0])
+                raise ValueError(f"modality {name!r}: example {bad} holds NaN or infinite values")
         self.inputs = dict(inputs)
         self.targets = targets
 

@@ -58,6 +58,12 @@ def test_load_names_the_missing_or_inconsistent_file(tmp_path):
     with pytest.raises(ValueError, match="valid_size"):
         write_layout(tmp_path)
         avmnist.load(tmp_path)  # 30 training pairs cannot give 5,000 to validation
+    write_layout(tmp_path, dtype=np.float64)  # the release stores floats: they may hold NaN
+    audio = np.load(tmp_path / "audio" / "train_data.npy")
+    audio[17, 3, 4] = np.nan
+    np.save(tmp_path / "audio" / "train_data.npy", audio)
+    with pytest.raises(ValueError, match=r"audio[/\\]train_data\.npy: example 17 holds NaN"):
+        avmnist.load(tmp_path, valid_size=10)
 
 
 def test_lenet_pools_each_modality_to_one_feature_vector():

@@ -8,6 +8,7 @@ import gzip
 import http.server
 import json
 import shutil
+import tarfile
 import threading
 from pathlib import Path
 
@@ -163,6 +164,41 @@ def test_damaged_mnist_file_is_named(prep, shared_data, tmp_path, capsys, damage
     name = damage(raw / "mnist")
     out = tmp_path / "out"
     assert prep.main(["--raw", str(raw), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and name in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def _truncated_archive(fsdd: Path) -> str:
+    archive = next(fsdd.glob("*.tar.gz"))
+    archive.write_bytes(archive.read_bytes()[:3_000_000])
+    return archive.name
+
+
+def _truncated_recording(fsdd: Path) -> str:
+    (fsdd / "recordings").mkdir()
+    with tarfile.open(next(fsdd.glob("*.tar.gz"))) as tar:  # loose recordings, one of them cut short
+        tar.extractall(fsdd / "recordings", filter="data")
+    archive = next(fsdd.glob("*.tar.gz"))
+    archive.unlink()
+    wav = next((fsdd / "recordings").rglob("3_theo_7.wav"))
+    wav.write_bytes(wav.read_bytes()[:100])
+    return "3_theo_7.wav"
+
+
+def _not_a_recording(fsdd: Path) -> str:
+    _truncated_recording(fsdd)
+    next((fsdd / "recordings").rglob("5_lucas_1.wav")).write_text("not a wav file")
+    return "wav"  # whichever of the two bad files is read first is named
+
+
+@pytest.mark.parametrize("damage", [_truncated_archive, _truncated_recording, _not_a_recording])
+def test_damaged_fsdd_input_is_named_and_nothing_is_written(prep, shared_data, tmp_path, capsys, damage):
+    raw = raw_copy(shared_data, tmp_path / "raw", without="fsdd")
+    shutil.copytree(shared_data / "fsdd", raw / "fsdd")
+    name = damage(raw / "fsdd")
+    out = tmp_path / "out"
+    assert prep.main(["--raw", str(raw), "--out", str(out), "--n-train", "50", "--n-test", "50", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and name in err and len(err.strip().splitlines()) == 1
     assert not out.exists()

@@ -237,14 +237,15 @@ def test_unparseable_time_is_named_with_table_column_and_line(prep, demo, tmp_pa
         prep.prepare(raw, tmp_path / "out", progress=False)
 
 
-def test_unparseable_number_in_an_event_table_is_named(prep, demo, tmp_path):
+@pytest.mark.parametrize("value", ["twelve", "nan", "inf", "-Infinity"])
+def test_unparseable_or_infinite_number_in_an_event_table_is_named(prep, demo, tmp_path, value):
     raw = raw_copy(demo, tmp_path / "raw", skip=("CHARTEVENTS", "LABEVENTS"))
     write_table(raw / "CHARTEVENTS.csv.gz", *read_table(demo / "CHARTEVENTS.csv.gz", limit=20_000))
     header, rows = read_table(demo / "LABEVENTS.csv.gz")
     bun = next(i for i, r in enumerate(rows) if r[header.index("itemid")] == "51006")
-    rows[bun][header.index("valuenum")] = "twelve"
+    rows[bun][header.index("valuenum")] = value
     write_table(raw / "LABEVENTS.csv.gz", header, rows)
-    with pytest.raises(prep.PrepareError, match=r"table LABEVENTS, column 'valuenum'.*'twelve'"):
+    with pytest.raises(prep.PrepareError, match=rf"table LABEVENTS, column 'valuenum'.*'{value}'"):
         prep.prepare(raw, tmp_path / "out", progress=False)
 
 

@@ -231,3 +231,12 @@ def test_evaluate_noised_degrades_the_noised_modality_only(sim_data, build):
     assert ik.evaluate_noised(model, sim_data["test"], "x", [1.0])[0]["accuracy"] == rows[1]["accuracy"]
     with pytest.raises(KeyError, match="'audio'"):
         ik.evaluate_noised(model, sim_data["test"], "audio", [1.0])
+
+
+def test_tensor_data_refuses_non_finite_inputs_and_mismatched_counts():
+    x = torch.zeros(5, 3)
+    x[3, 1] = float("inf")
+    with pytest.raises(ValueError, match="modality 'x': example 3 holds NaN or infinite"):
+        ik.TensorData({"x": x}, torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="modality 'x' has 5 examples but there are 4 targets"):
+        ik.TensorData({"x": torch.zeros(5, 3)}, torch.zeros(4, dtype=torch.long))

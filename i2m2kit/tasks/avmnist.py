@@ -47,6 +47,9 @@ def _as_tensor(array: np.ndarray, shape: tuple[int, ...], path: Path, dtype: tor
     out = torch.empty((len(array), 1, *shape), dtype=dtype)
     for start in range(0, len(array), chunk):
         block = torch.from_numpy(np.array(array[start:start + chunk]))
+        if block.is_floating_point() and not torch.isfinite(block).all():
+            bad = start + int((~torch.isfinite(block.reshape(len(block), -1))).any(1).nonzero()[0])
+            raise ValueError(f"{path}: example {bad} holds NaN or infinite values")
         out[start:start + len(block)] = block.reshape(len(block), 1, *shape).to(dtype) / 255
     return out
 
