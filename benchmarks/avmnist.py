@@ -19,45 +19,16 @@ On a GPU the data lives on the GPU.
 """
 
 import argparse
-import functools
 import time
 
+import numpy as np
 import torch
 
 import i2m2kit as ik
 from i2m2kit.cli import format_table
 from i2m2kit.io import write_json_atomic
 from i2m2kit.tasks import avmnist
-
-
-class PerExample(torch.utils.data.Dataset):
-    """The published data path, for comparison: one example at a time from NumPy arrays in host
-    memory, batched by the DataLoader's default collate, copied to the device every batch."""
-
-    def __init__(self, data: ik.TensorData):
-        self.inputs = {m: x.cpu().numpy() for m, x in data.inputs.items()}
-        self.targets = data.targets.cpu().numpy()
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, i: int):
-        return {m: x[i] for m, x in self.inputs.items()}, int(self.targets[i])
-
-
-def epoch_seconds(model: ik.I2M2, train: torch.utils.data.Dataset, batch_size: int, device: torch.device) -> float:
-    """Wall time of one training epoch (the first epoch also pays for warm-up: run two, keep the second)."""
-    times = []
-    for epoch in range(2):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        ik.fit(model, train, epochs=1, batch_size=batch_size, device=device, progress=False, seed=epoch,
-               optimizer=functools.partial(torch.optim.SGD, lr=0.01))
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    return times[-1]
+from timing import report_epoch_cost
 
 
 def main() -> None:
@@ -85,35 +56,29 @@ def main() -> None:
 
     if not args.skip_timing:
         torch.manual_seed(0)
-        full = avmnist.build_model()
-        seconds = {name: epoch_seconds(full.subset(name), data["train"], args.batch_size, device)
-                   for name in full.experts}
-        seconds["i2m2"] = epoch_seconds(full, data["train"], args.batch_size, device)
-        experts = sum(v for k, v in seconds.items() if k != "i2m2")
-        print("\nseconds per training epoch: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
-        print(f"ratio I2M2 / (sum of the three experts alone): {seconds['i2m2'] / experts:.3f}  (aim <= 1.05)")
-        per_example = epoch_seconds(full, PerExample(data["train"]), args.batch_size, device)
-        print(f"I2M2 epoch with the published data path (per-example loader): {per_example:.1f} s; "
-              f"ratio in-memory batches / per-example loader: {seconds['i2m2'] / per_example:.3f}")
+        report_epoch_cost(avmnist.build_model(), data["train"], args.batch_size, device)
     if args.timing_only:
         return
 
     columns = [("regime", "regime"), ("model", "model"), ("accuracy", "accuracy"), ("std", "std"), ("runs", "runs")]
-    rows = []
-    for regime in args.regimes:  # each regime's table as soon as it is done: full runs take hours
+    runs = []  # (regime, seed, model, accuracy): written after every seed, full runs take hours
+    for regime in args.regimes:
         recipe = {**avmnist.published_recipe(args.epochs, regime), "batch_size": args.batch_size, "device": device}
         started = time.perf_counter()
-        summary, _ = ik.compare_across_seeds(avmnist.build_model, data["train"], data["valid"], data["test"],
-                                             seeds=args.seeds, **recipe)
-        wall = time.perf_counter() - started
-        done = [{"regime": regime, "model": r["model"], "accuracy": 100 * r["accuracy"], "std": 100 * r["accuracy_std"],
-                 "runs": " ".join(f"{100 * a:.2f}" for a in r["accuracy_runs"])} for r in summary]
-        rows += done
-        print(f"\n{regime}: {wall / 60:.1f} min for {len(args.seeds)} seed(s); test accuracy (%), mean and std over "
-              f"seeds {args.seeds} (published I2M2: 72.38)")
-        print(format_table(done, columns), flush=True)
-        if args.out:
-            write_json_atomic({"args": vars(args), "rows": rows}, args.out)
+        for seed in args.seeds:
+            rows = ik.compare_models(avmnist.build_model, data["train"], data["valid"], data["test"], seed=seed, **recipe)
+            runs += [(regime, seed, r["model"], 100 * r["accuracy"]) for r in rows]
+            print(f"{regime}, seed {seed}: " + ", ".join(f"{r['model']} {100 * r['accuracy']:.2f}" for r in rows), flush=True)
+            if args.out:
+                write_json_atomic({"args": vars(args), "runs": runs}, args.out)
+        table = []
+        for model in dict.fromkeys(m for g, _, m, _ in runs if g == regime):
+            accuracies = [a for g, _, m, a in runs if g == regime and m == model]
+            table.append({"regime": regime, "model": model, "accuracy": float(np.mean(accuracies)),
+                          "std": float(np.std(accuracies)), "runs": " ".join(f"{a:.2f}" for a in accuracies)})
+        print(f"\n{regime}: {(time.perf_counter() - started) / 60:.1f} min for {len(args.seeds)} seed(s); test accuracy "
+              f"(%), mean and std over seeds {args.seeds} (published I2M2: 72.38)")
+        print(format_table(table, columns), flush=True)
 
 
 if __name__ == "__main__":
