@@ -45,6 +45,9 @@ def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """The main job: every notebook, executed headless, with its HTML export and numbers."""
+    import papermill
+
+    from .report import write_index
     from .runner import data_parameters, run_notebook
 
     notebooks = sorted(Path(args.notebooks).glob("[0-9][0-9]_*.ipynb"))
@@ -54,19 +57,28 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: no notebooks to run in {args.notebooks}", file=sys.stderr)
         return 2
     parameters = {name: _literal(value) for name, value in args.parameter}
+    # -p applies to every notebook that declares the parameter; one that none declares is a typo
+    declared = {nb: set(papermill.inspect_notebook(str(nb))) for nb in notebooks}
+    unknown = sorted(set(parameters) - set().union(*declared.values()))
+    if unknown:
+        print(f"error: no notebook here takes the parameter{'s' * (len(unknown) > 1)} {', '.join(unknown)}",
+              file=sys.stderr)
+        return 2
     summary = {}
     for nb in notebooks:
-        data, skipped = data_parameters(nb, args.data, parameters)
+        own = {k: v for k, v in parameters.items() if k in declared[nb]}
+        data, skipped = data_parameters(nb, args.data, own)
         if skipped:
             print(f"skipping {nb.name}: {skipped}", flush=True)
             summary[nb.stem] = {"skipped": skipped}
             continue
         print(f"running {nb} ...", flush=True)
-        result = run_notebook(nb, args.out, {**data, **parameters}, progress=not args.no_progress)
+        result = run_notebook(nb, args.out, {**data, **own}, progress=not args.no_progress)
         summary[nb.stem] = result
         print(f"  executed notebook: {result['notebook']}\n  HTML report:       {result['html']}")
     write_json_atomic(summary, Path(args.out) / "summary.json")
     print(f"\nnumbers of every notebook: {Path(args.out) / 'summary.json'}")
+    print(f"reports of every notebook:  {write_index(summary, args.out)}")
     return 0
 
 

@@ -36,21 +36,31 @@ def predicted_and_runner_up(logits: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return top2[:, 0], top2[:, 1]
 
 
-def margin_contributions(expert_logits: Logits) -> dict[str, torch.Tensor]:
+def class_and_best_other(logits: torch.Tensor, target: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``target`` as one class index per sample, and the combined model's best other class."""
+    target = torch.as_tensor(target, dtype=torch.long).expand(len(logits)).to(logits.device)
+    others = logits.scatter(1, target[:, None], -float("inf"))
+    return target, others.argmax(1)
+
+
+def margin_contributions(expert_logits: Logits, target: int | torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Each expert's share of the margin of the predicted class over the runner-up: (N,) each.
 
     The shares sum to the margin of the combined model exactly; a negative share means the
-    expert argued for the runner-up and was overruled.
+    expert argued for the runner-up and was overruled. With ``target`` (a class, or one per
+    sample) the margin is that class's over the best other class instead: negative where the
+    model does not predict it.
     """
-    pred, runner = predicted_and_runner_up(_total(expert_logits, expert_logits))
+    total = _total(expert_logits, expert_logits)
+    pred, runner = predicted_and_runner_up(total) if target is None else class_and_best_other(total, target)
     rows = torch.arange(len(pred))
     return {n: z[rows, pred] - z[rows, runner] for n, z in expert_logits.items()}
 
 
-def deciding_expert(expert_logits: Logits) -> list[str]:
-    """Per sample, the expert with the largest share of the margin."""
+def deciding_expert(expert_logits: Logits, target: int | torch.Tensor | None = None) -> list[str]:
+    """Per sample, the expert with the largest share of the margin (of ``target``, if given)."""
     names = list(expert_logits)
-    shares = torch.stack([margin_contributions(expert_logits)[n] for n in names], 1)
+    shares = torch.stack([margin_contributions(expert_logits, target)[n] for n in names], 1)
     return [names[i] for i in shares.argmax(1).tolist()]
 
 

@@ -40,7 +40,7 @@ def graphical_model() -> go.Figure:
                            arrowhead=3, arrowsize=1.5, arrowwidth=2, arrowcolor="#555")
     fig.add_trace(go.Scatter(
         x=[p[0] for p in nodes.values()], y=[p[1] for p in nodes.values()], mode="markers+text",
-        text=list(nodes), textfont=dict(size=18), hoverinfo="skip", showlegend=False,
+        text=list(nodes), textfont=dict(size=18), hoverinfo="skip", showlegend=False, cliponaxis=False,
         marker=dict(size=58, color=["#fff", "#fff", "#fff", "#ddd"], line=dict(width=2, color="#333"))))
     fig.update_layout(title="I2M2's generative model: intra (y → x, y → x') and inter (selection v)",
                       xaxis=dict(visible=False, range=[0, 1]), yaxis=dict(visible=False, range=[0, 1]),
@@ -91,20 +91,25 @@ def regime_map(rows: Sequence[Mapping], x: str = "inter", y: str = "intra", valu
 
 def contribution_scatter(expert_logits: Mapping[str, torch.Tensor], targets: torch.Tensor | None = None,
                          x_expert: str | Sequence[str] | None = None, y_expert: str | None = None,
-                         max_points: int = 3000, title: str | None = None) -> go.Figure:
+                         max_points: int = 3000, title: str | None = None, target: int | None = None,
+                         highlight: tuple[str, torch.Tensor] | None = None) -> go.Figure:
     """Samples placed by two experts' shares of the margin, coloured by the expert that decides.
 
     By default x is the summed share of the intra-modality experts (all but the last) and y
     the share of the last (joint) expert: points above the diagonal are decided by
     inter-modality evidence, points with opposite signs are where one overruled the other.
+    The margin is the predicted class's over the runner-up, or with ``target`` that class's
+    over the best other. ``highlight`` = (label, (N,) bool) rings the samples it marks, e.g.
+    the predictions that flip when an expert is dropped. Each point's ``customdata`` is its
+    sample index, for live explorers to look the sample up.
     """
     names = list(expert_logits)
-    shares = C.margin_contributions(expert_logits)
-    x_names = [x_expert] if isinstance(x_expert, str) else list(x_expert or names[:-1])
+    shares = C.margin_contributions(expert_logits, target)
+    x_names = [x_expert] if isinstance(x_expert, str) else list(x_expert or names[:-1]) or names
     y_name = y_expert or names[-1]
     xs = sum(shares[n] for n in x_names)
     ys = shares[y_name]
-    decides = C.deciding_expert(expert_logits)
+    decides = C.deciding_expert(expert_logits, target)
     pred = sum(expert_logits.values()).argmax(1)
     keep = torch.arange(len(xs))[:max_points]
     fig = go.Figure()
@@ -117,11 +122,18 @@ def contribution_scatter(expert_logits: Mapping[str, torch.Tensor], targets: tor
         fig.add_trace(go.Scatter(x=xs[idx].tolist(), y=ys[idx].tolist(), mode="markers",
                                    name=f"decided by {name}", marker=dict(size=5, opacity=0.6, color=colour),
                                    text=hover, hovertemplate="%{text}<extra></extra>", customdata=idx))
+    if highlight is not None:
+        label, marked = highlight
+        idx = [int(i) for i in keep if marked[i]]
+        fig.add_trace(go.Scatter(x=xs[idx].tolist(), y=ys[idx].tolist(), mode="markers", name=label,
+                                   marker=dict(size=11, color="rgba(0,0,0,0)", line=dict(width=1.5, color="black")),
+                                   hovertemplate=f"sample %{{customdata}}: {label}<extra></extra>", customdata=idx))
+    margin = "margin" if target is None else f"margin of class {target}"
     fig.add_hline(y=0, line_color="#999")
     fig.add_vline(x=0, line_color="#999")
-    fig.update_layout(title=title or "Each sample's margin, split between experts",
-                      xaxis_title=f"margin share of {' + '.join(x_names)}",
-                      yaxis_title=f"margin share of {y_name}", height=450)
+    fig.update_layout(title=title or f"Each sample's {margin}, split between experts",
+                      xaxis_title=f"{margin} share of {' + '.join(x_names)}",
+                      yaxis_title=f"{margin} share of {y_name}", height=450)
     return fig
 
 
@@ -208,19 +220,24 @@ def metric_curves(rows: Sequence[Mapping], x: str, group: str, metric: str = "ac
 
 
 def _png(picture: torch.Tensor, flip: bool) -> str:
-    """A 2-D tensor as an inline grey-scale PNG (min to max), a few kB however many pixels."""
+    """A picture as an inline PNG, a few kB however many pixels: a 2-D tensor in grey levels
+    (its min to its max), a ``(3, H, W)`` tensor in colour (0-1 floats or 0-255 integers)."""
     x = picture.detach().float().cpu()
-    x = (x - x.min()) / (x.max() - x.min()).clamp_min(1e-12) * 255
-    pixels = x.round().to(torch.uint8).numpy()
+    if x.ndim == 3:  # colour, channels first
+        x = x.permute(1, 2, 0) * (255 if x.max() <= 1 else 1)
+    else:
+        x = (x - x.min()) / (x.max() - x.min()).clamp_min(1e-12) * 255
+    pixels = x.round().clamp(0, 255).to(torch.uint8).numpy()
     buffer = io.BytesIO()
-    Image.fromarray(pixels[::-1] if flip else pixels, mode="L").save(buffer, format="PNG")
+    Image.fromarray(pixels[::-1] if flip else pixels, mode="RGB" if pixels.ndim == 3 else "L").save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def examples(panels: Mapping[str, torch.Tensor], captions: Sequence[str], title: str = "Examples",
              flip_vertical: Sequence[str] = ()) -> go.Figure:
-    """A grid of grey-scale pictures: one column per sample (its caption above), one row per
-    panel, e.g. ``{"image": (N, 28, 28), "spectrogram": (N, 112, 112)}``. Panels named in
+    """A grid of pictures: one column per sample (its caption above), one row per panel, e.g.
+    ``{"image": (N, 28, 28), "spectrogram": (N, 112, 112)}`` in grey levels, or
+    ``(N, 3, H, W)`` in colour (a single channel dimension is dropped). Panels named in
     ``flip_vertical`` are drawn with row 0 at the bottom (low frequencies of a spectrogram).
     Pictures are stored as PNG, so the figure stays small in a notebook."""
     names, n = list(panels), len(captions)
@@ -228,11 +245,72 @@ def examples(panels: Mapping[str, torch.Tensor], captions: Sequence[str], title:
                         horizontal_spacing=0.01, vertical_spacing=0.04)
     for r, name in enumerate(names, start=1):
         for c in range(1, n + 1):
-            picture = panels[name][c - 1].reshape(panels[name].shape[-2:])
+            picture = panels[name][c - 1]
+            picture = picture if picture.ndim == 3 and len(picture) == 3 else picture.reshape(picture.shape[-2:])
             fig.add_trace(go.Image(source=_png(picture, name in flip_vertical), hoverinfo="skip"), row=r, col=c)
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     fig.update_annotations(font_size=11)
     fig.update_layout(title=title, height=190 * len(names) + 120, width=max(600, 150 * n + 80),
                       margin=dict(l=30, r=30, t=110, b=20))
+    return fig
+
+
+def sample_view(sample: Mapping[str, torch.Tensor | str], title: str = "The sample",
+                flip_vertical: Sequence[str] = ()) -> go.Figure:
+    """One sample, a panel per modality: a vector as bars of its coordinates (the simulator's x
+    and x', a record's features), a 2-D tensor as a grey-scale picture (an image, a
+    spectrogram: name it in ``flip_vertical`` to put row 0 at the bottom), a string as text."""
+    names = list(sample)
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=0.08)
+    for c, name in enumerate(names, start=1):
+        value = sample[name]
+        if isinstance(value, str):
+            fig.add_trace(go.Scatter(x=[0.5], y=[0.5], mode="text", text=[value], hoverinfo="skip",
+                                       showlegend=False), row=1, col=c)
+            fig.update_xaxes(visible=False, range=[0, 1], row=1, col=c)
+            fig.update_yaxes(visible=False, range=[0, 1], row=1, col=c)
+            continue
+        value = value.detach().float().cpu().squeeze()
+        if value.ndim <= 1:
+            fig.add_trace(go.Bar(x=list(range(value.numel())), y=value.flatten().tolist(), showlegend=False,
+                                 marker_color=EXPERT_COLOURS[(c - 1) % len(EXPERT_COLOURS)]), row=1, col=c)
+            fig.update_xaxes(title_text="coordinate", row=1, col=c)
+        elif value.ndim == 2:
+            fig.add_trace(go.Image(source=_png(value, name in flip_vertical), hoverinfo="skip"), row=1, col=c)
+            fig.update_xaxes(visible=False, row=1, col=c)
+            fig.update_yaxes(visible=False, row=1, col=c)
+        else:
+            raise ValueError(f"modality {name!r} has shape {tuple(value.shape)}: pass a vector, a 2-D picture "
+                             f"or a string per modality (reshape it in the display function)")
+    fig.update_layout(title=title, height=300, margin=dict(t=80))
+    return fig
+
+
+def sample_experts(expert_logits: Mapping[str, torch.Tensor], shapley: Mapping[str, float], target: int,
+                   class_names: Sequence[str] | None = None, terms: Mapping[str, torch.Tensor] | None = None,
+                   title: str | None = None) -> go.Figure:
+    """One sample as the experts see it: each expert's logits per class (``{name: (K,)}``), each
+    expert's exact Shapley value for class ``target``, and, where the exact posterior is known
+    (the simulator), its three terms centred over the classes (logits are only defined up to
+    a shift per expert, so compare shapes, not levels)."""
+    k = len(next(iter(expert_logits.values())))
+    labels = list(class_names or [str(c) for c in range(k)])
+    panels = ["expert logits", f"Shapley values, class {labels[target]}"] + (["exact terms (centred)"] if terms else [])
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=panels, horizontal_spacing=0.1)
+    for colour, (name, z) in zip(EXPERT_COLOURS, expert_logits.items()):
+        fig.add_trace(go.Bar(name=name, x=labels, y=z.detach().float().cpu().tolist(), marker_color=colour,
+                             legendgroup=name), row=1, col=1)
+    fig.add_trace(go.Bar(x=list(shapley), y=[float(v) for v in shapley.values()], showlegend=False,
+                         marker_color=list(EXPERT_COLOURS[:len(shapley)]),
+                         text=[f"{float(v):.3f}" for v in shapley.values()], textposition="outside"), row=1, col=2)
+    for colour, (name, t) in zip(EXPERT_COLOURS, (terms or {}).items()):
+        t = t.detach().double().cpu()
+        fig.add_trace(go.Bar(name=f"term {name}", x=labels, y=(t - t.mean()).tolist(), marker_color=colour,
+                             marker_pattern_shape="/", legendgroup=name), row=1, col=3)
+    fig.update_xaxes(title_text="class", row=1, col=1)
+    fig.update_yaxes(title_text="nats", row=1, col=2)
+    fig.update_layout(title=title or "The experts on this sample", barmode="group", height=400, margin=dict(t=90),
+                      width=290 * len(panels) + 60,  # fits a notebook column
+                      legend=dict(orientation="h", yanchor="top", y=-0.3))
     return fig

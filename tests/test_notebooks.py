@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -40,7 +41,7 @@ def test_notebook_00_runs_and_reports_its_numbers(run00):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
     assert "widgets" not in nb.metadata  # no stored widget state
-    assert Path(run00["notebook"]).stat().st_size < 1_000_000
+    assert Path(run00["notebook"]).stat().st_size < 1_500_000  # figures, but no widget state (~5 MB each)
 
 
 def test_notebook_00_html_draws_its_plots_offline(run00):
@@ -79,3 +80,31 @@ def test_the_data_parameter_points_at_the_data_root(shared_data):
     # an explicit parameter wins over the data root
     params, _ = data_parameters(ROOT / "notebooks" / "02_mimic.ipynb", "/nowhere", {"data_dir": str(shared_data / "mimic3_demo")})
     assert params["data_dir"].endswith("mimic3_demo")
+
+
+@pytest.mark.parametrize("notebook, parameters, named", [
+    ("01_avmnist.ipynb", {"epochs": 0}, "epochs=0: must be at least 1"),
+    ("01_avmnist.ipynb", {"regime": "staged"}, "regime='staged': must be one of"),
+    ("01_avmnist.ipynb", {"seeds": "0"}, "seeds='0': expected a non-empty list of int"),
+    ("02_mimic.ipynb", {"task": "mortalty"}, "task='mortalty': must be one of"),
+    ("02_mimic.ipynb", {"n_train": 10}, "unknown parameter n_train"),
+])
+def test_a_bad_parameter_fails_at_once_naming_it(tmp_path, notebook, parameters, named):
+    started = time.perf_counter()
+    with pytest.raises(Exception) as failure:
+        run_notebook(ROOT / "notebooks" / notebook, tmp_path, {"output_dir": str(tmp_path), **parameters},
+                     progress=False)
+    assert named in str(failure.value)
+    assert time.perf_counter() - started < 60  # in the first cell, before any data or training
+    if "unknown" not in named:  # it ran, and failed in the cell right after the parameters
+        nb = nbformat.read(tmp_path / notebook.removesuffix(".ipynb") / notebook, as_version=4)
+        failed = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
+                  and any(o.output_type == "error" for o in c.outputs)]
+        code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+        assert failed == [code[2]]  # parameters, injected parameters, then the first cell of the notebook's own
+
+
+def test_a_parameter_no_notebook_takes_is_refused_by_the_main_job(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "i2m2kit", "run", "--only", "00", "02", "-p", "epochz", "3",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2 and "epochz" in proc.stderr

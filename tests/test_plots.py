@@ -40,3 +40,13 @@ def test_metric_curves_draws_one_sorted_line_per_group():
     fig = plots.metric_curves(rows, x="noise", group="model")
     assert [t.name for t in fig.data] == ["i2m2", "intra"]
     assert list(fig.data[0].x) == [0.0, 1.0] and list(fig.data[0].y) == [0.9, 0.6]
+
+
+def test_examples_draws_colour_pictures_in_colour():
+    colour = torch.zeros(2, 3, 10, 40)
+    colour[:, 2] = 1.0  # blue
+    colour[1, :, :, :5] = 1.0  # white strip
+    fig = plots.examples({"picture": colour}, ["a", "b"])
+    pixels = decode(fig.data[1].source)
+    assert pixels.shape == (10, 40, 3)
+    assert (pixels[:, 5:] == [0, 0, 255]).all() and (pixels[:, :5] == 255).all()

@@ -1,0 +1,329 @@
+#!/usr/bin/env python
+"""Build NLVR (v1) for I2M2: sentences, labels and images rendered from the structured worlds.
+
+NLVR (Suhr et al., 2017; github.com/lil-lab/nlvr) pairs a sentence with a synthetic image of
+three boxes of coloured shapes; the label says whether the sentence is true of the image.
+Every example's JSON line carries its world as ``structured_rep``: three boxes, each a list
+of objects with ``type`` (square, circle, triangle), ``color`` (Yellow, Black, #0099ff),
+``x_loc``, ``y_loc`` (top-left corner inside the 100 x 100 box) and ``size`` (10, 20, 30).
+This script draws those worlds the way the published PNGs are drawn, so that the training
+split, whose PNGs are not here, gets images too:
+
+  * a 400 x 100 canvas: boxes at x = 0, 150, 300, each 100 wide, light grey (211, 211, 211),
+    separated by grey (128, 128, 128) bars;
+  * a square fills [x, x+size) x [y, y+size); a circle is inscribed in that square; a
+    triangle has its apex at the middle of the top edge and its base on the bottom edge;
+  * objects drawn in list order, anti-aliased with 4 x 4 samples per pixel (the published
+    edge pixels hold multiples of 1/16 of the object's colour).
+
+Over the 989 dev worlds this agrees with the published PNGs (box order 0, the order of
+``structured_rep``) on 99.82% of pixels exactly and 99.91% within 8 grey levels; what is
+left are circle edges, which the original renderer approximates slightly differently. The
+published images come in 6 box orders per example (``<split>-<identifier>-<order>.png``);
+the label holds for every order, so one rendering, in the given order, is kept.
+
+Input (``--raw``): ``dev.json``, ``test.json`` and ``train.json`` (or, where only part of the
+training split is at hand, ``train_partial.json``: the same fields without ``evals``), one
+JSON object a line; ``images-dev-test.tar`` (optional) with the published dev and test PNGs,
+read in memory (nothing is extracted) to measure the renderer's agreement, written to
+``metadata.json``. Any malformed line, unknown label, unknown shape or colour, or world
+without its published image stops the run with one line naming the file, the line and the
+field.
+
+Output (``--out``, a folder written atomically; an existing one only with ``--overwrite``):
+  train.jsonl, valid.jsonl, test.jsonl   identifier, sentence, label (1 true, 0 false), directory
+  train_images.npy, ...                 (N, 100 / d, 400 / d, 3) uint8, d = --downsample
+  metadata.json                         counts, label balance, majority baseline, renderer agreement
+
+The dev split is the validation split (model selection); test is reported.
+
+    python data_scripts/prepare_nlvr.py --raw ../shared/data/nlvr/nlvr1 --out data/nlvr
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import io
+import json
+import sys
+import tarfile
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from i2m2kit.io import atomic_path
+
+FORMAT_VERSION = 1
+HEIGHT, WIDTH, BOX, GAP = 100, 400, 100, 50  # the published canvas: three 100 x 100 boxes, 50-pixel bars
+BOXES = 3
+BACKGROUND = (211, 211, 211)
+SEPARATOR = (128, 128, 128)
+COLOURS = {"Yellow": (255, 255, 0), "Black": (0, 0, 0), "#0099ff": (0, 153, 255)}
+SHAPES = ("square", "circle", "triangle")
+LABELS = {"false": 0, "true": 1}
+SAMPLES = 4  # anti-aliasing: SAMPLES x SAMPLES points per pixel, as the published images
+SPLITS = {"train": ("train.json", "train_partial.json"), "valid": ("dev.json",), "test": ("test.json",)}
+IMAGE_SPLITS = {"valid": "dev", "test": "test"}  # published PNGs: <name>/images/<dir>/<name>-<id>-0.png
+TOLERANCE = 8  # grey levels: a pixel "agrees within tolerance" when no channel differs by more
+DOWNSAMPLES = (1, 2, 5, 10)  # factors that keep every box edge on a pixel boundary
+
+
+class PrepareError(Exception):
+    """Invalid input: the message names the file, the line and the field."""
+
+
+# ---------------------------------------------------------------------- the renderer
+
+
+@functools.lru_cache(maxsize=None)
+def coverage(shape: str, size: int) -> np.ndarray:
+    """(size, size) fraction of each pixel an object covers, from SAMPLES^2 points per pixel.
+
+    Positions are whole pixels, so one mask per (shape, size) serves every object."""
+    offsets = (np.arange(size * SAMPLES) + 0.5) / SAMPLES  # sample coordinates inside the square
+    x, y = np.meshgrid(offsets, offsets)
+    half = size / 2
+    if shape == "square":
+        inside = np.ones_like(x, dtype=bool)
+    elif shape == "circle":
+        inside = (x - half) ** 2 + (y - half) ** 2 <= half ** 2
+    elif shape == "triangle":  # apex at the top middle, base at the bottom: widens by 1 per 2 rows
+        inside = np.abs(x - half) <= y / 2
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+    return inside.reshape(size, SAMPLES, size, SAMPLES).mean((1, 3))
+
+
+@functools.lru_cache(maxsize=1)
+def empty_canvas() -> np.ndarray:
+    """Three light-grey boxes between grey bars, before any object is drawn."""
+    canvas = np.empty((HEIGHT, WIDTH, 3), dtype=np.float64)
+    canvas[:] = SEPARATOR
+    for b in range(BOXES):
+        canvas[:, b * (BOX + GAP): b * (BOX + GAP) + BOX] = BACKGROUND
+    return canvas
+
+
+def render(world: Sequence[Sequence[dict]]) -> np.ndarray:
+    """The published 100 x 400 RGB picture (uint8) of a validated ``structured_rep``."""
+    canvas = empty_canvas().copy()
+    for b, objects in enumerate(world):
+        box = canvas[:, b * (BOX + GAP): b * (BOX + GAP) + BOX]
+        for o in objects:  # later objects cover earlier ones
+            x, y, s = o["x_loc"], o["y_loc"], o["size"]
+            alpha = coverage(o["type"], s)[:, :, None]
+            region = box[y:y + s, x:x + s]
+            region += (np.array(COLOURS[o["color"]], dtype=np.float64) - region) * alpha
+    return np.rint(canvas).astype(np.uint8)  # halves to even, as the published pixels
+
+
+def downsample(image: np.ndarray, factor: int) -> np.ndarray:
+    """Average ``factor`` x ``factor`` blocks (what a camera of coarser pixels would see)."""
+    if factor == 1:
+        return image
+    total = np.zeros((image.shape[0] // factor, image.shape[1] // factor, image.shape[2]), np.float32)
+    for dy in range(factor):  # a sum of strided views: much faster than a mean over reshaped axes
+        for dx in range(factor):
+            total += image[dy::factor, dx::factor]
+    return (total / factor ** 2 + 0.5).astype(np.uint8)
+
+
+def agreement(rendered: np.ndarray, published: np.ndarray) -> tuple[int, int]:
+    """(pixels equal, pixels within TOLERANCE in every channel) of two (H, W, 3) pictures."""
+    diff = np.abs(rendered.astype(np.int16) - published[:, :, :3].astype(np.int16))
+    return int((diff == 0).all(-1).sum()), int((diff <= TOLERANCE).all(-1).sum())
+
+
+# ---------------------------------------------------------------------- reading and checking
+
+
+def _integer(value, where: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise PrepareError(f"{where}: expected an integer in [{low}, {high}], got {value!r}")
+    return value
+
+
+def check_world(world, where: str) -> list[list[dict]]:
+    """A ``structured_rep``, checked field by field: 3 boxes of objects inside their box."""
+    if not isinstance(world, list) or len(world) != BOXES:
+        raise PrepareError(f"{where}: expected a list of {BOXES} boxes, got {type(world).__name__}"
+                           f"{f' of {len(world)}' if isinstance(world, list) else ''}")
+    for b, objects in enumerate(world):
+        if not isinstance(objects, list):
+            raise PrepareError(f"{where}[{b}]: expected a list of objects, got {type(objects).__name__}")
+        for i, o in enumerate(objects):
+            at = f"{where}[{b}][{i}]"
+            if not isinstance(o, dict):
+                raise PrepareError(f"{at}: expected an object, got {type(o).__name__}")
+            for key in ("type", "color", "x_loc", "y_loc", "size"):
+                if key not in o:
+                    raise PrepareError(f"{at}: no field {key!r}")
+            if o["type"] not in SHAPES:
+                raise PrepareError(f"{at}.type: unknown shape {o['type']!r} (expected one of {', '.join(SHAPES)})")
+            if o["color"] not in COLOURS:
+                raise PrepareError(f"{at}.color: unknown colour {o['color']!r} (expected one of {', '.join(COLOURS)})")
+            size = _integer(o["size"], f"{at}.size", 1, BOX)
+            _integer(o["x_loc"], f"{at}.x_loc", 0, BOX - size)  # the object lies inside its box
+            _integer(o["y_loc"], f"{at}.y_loc", 0, BOX - size)
+    return world
+
+
+def read_examples(path: Path) -> Iterator[dict]:
+    """Each line of an NLVR JSON file, checked: identifier, sentence, label, structured_rep."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path.name} line {number}"
+            try:
+                example = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PrepareError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(example, dict):
+                raise PrepareError(f"{where}: expected a JSON object, got {type(example).__name__}")
+            for key in ("identifier", "sentence", "label", "structured_rep"):
+                if key not in example:
+                    raise PrepareError(f"{where}: no field {key!r}")
+            if not isinstance(example["sentence"], str) or not example["sentence"].strip():
+                raise PrepareError(f"{where}: field 'sentence': expected a non-empty string, got {example['sentence']!r}")
+            label = example["label"]
+            if not isinstance(label, str) or label.lower() not in LABELS:
+                raise PrepareError(f"{where}: field 'label': unknown label {label!r} (expected 'true' or 'false')")
+            yield {"identifier": str(example["identifier"]), "sentence": example["sentence"].strip(),
+                   "label": LABELS[label.lower()], "directory": str(example.get("directory", "")),
+                   "world": check_world(example["structured_rep"], f"{where}: field 'structured_rep'"),
+                   "line": number}
+
+
+def split_file(raw: Path, split: str) -> Path:
+    for name in SPLITS[split]:
+        if (raw / name).is_file():
+            return raw / name
+    raise PrepareError(f"{raw}: no {' or '.join(SPLITS[split])} (the NLVR v1 {split} split)")
+
+
+class PublishedImages:
+    """The PNGs of ``images-dev-test.tar``, read from the archive in memory (nothing extracted)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.tar = tarfile.open(path)
+            self.members = {m.name.lstrip("./"): m for m in self.tar.getmembers() if m.isfile()}
+        except (tarfile.TarError, OSError) as e:
+            raise PrepareError(f"{path.name}: not a readable tar archive ({e})") from None
+
+    def image(self, split: str, example: dict, source: Path) -> np.ndarray:
+        from PIL import Image
+
+        name = f"{split}/images/{example['directory']}/{split}-{example['identifier']}-0.png"
+        member = self.members.get(name)
+        if member is None:
+            raise PrepareError(f"{self.path.name}: no image {name} for {source.name} line {example['line']} "
+                               f"(identifier {example['identifier']})")
+        try:
+            picture = np.asarray(Image.open(io.BytesIO(self.tar.extractfile(member).read())).convert("RGB"))
+        except OSError as e:
+            raise PrepareError(f"{self.path.name}: {name} is not a readable PNG ({e})") from None
+        if picture.shape != (HEIGHT, WIDTH, 3):
+            raise PrepareError(f"{self.path.name}: {name} is {picture.shape[1]} x {picture.shape[0]}, "
+                               f"expected {WIDTH} x {HEIGHT}")
+        return picture
+
+
+# ---------------------------------------------------------------------- the whole run
+
+
+def prepare(raw: str | Path, out: str | Path, downsample_factor: int = 2, check_images: bool = True,
+            overwrite: bool = False, progress: bool = True) -> dict:
+    """Read the NLVR files in ``raw``, write the prepared folder ``out``; return its metadata."""
+    raw, out = Path(raw), Path(out)
+    if downsample_factor not in DOWNSAMPLES:
+        raise PrepareError(f"downsample must be one of {DOWNSAMPLES} (box edges on whole pixels), got {downsample_factor}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise PrepareError(f"{out} already exists; pass --overwrite (overwrite=True) to replace it")
+    if not raw.is_dir():
+        raise PrepareError(f"{raw}: no such folder")
+    files = {split: split_file(raw, split) for split in SPLITS}
+    archive = raw / "images-dev-test.tar"
+    published = PublishedImages(archive) if check_images and archive.is_file() else None
+
+    splits, images, checks = {}, {}, {}
+    for split, source in files.items():
+        examples = list(read_examples(source))
+        if not examples:
+            raise PrepareError(f"{source.name}: no examples")
+        pictures = np.empty((len(examples), HEIGHT // downsample_factor, WIDTH // downsample_factor, 3), np.uint8)
+        equal = close = total = 0
+        for i, example in enumerate(tqdm(examples, desc=f"{split} ({source.name})", disable=not progress)):
+            picture = render(example["world"])
+            if published is not None and split in IMAGE_SPLITS:
+                e, c = agreement(picture, published.image(IMAGE_SPLITS[split], example, source))
+                equal, close, total = equal + e, close + c, total + picture[:, :, 0].size
+            pictures[i] = downsample(picture, downsample_factor)
+        if total:
+            checks[split] = {"published": IMAGE_SPLITS[split], "examples": len(examples),
+                             "pixels_equal": equal / total, f"pixels_within_{TOLERANCE}": close / total}
+        splits[split], images[split] = examples, pictures
+
+    metadata = {
+        "format_version": FORMAT_VERSION,
+        "source": {split: {"file": f.name, "bytes": f.stat().st_size} for split, f in files.items()},
+        "partial_train": files["train"].name != SPLITS["train"][0],
+        "counts": {s: len(e) for s, e in splits.items()},
+        "true_fraction": {s: float(np.mean([x["label"] for x in e])) for s, e in splits.items()},
+        "majority_baseline": {s: float(max(np.mean([x["label"] for x in e]), 1 - np.mean([x["label"] for x in e])))
+                              for s, e in splits.items()},
+        "distinct_sentences": {s: len({x["sentence"] for x in e}) for s, e in splits.items()},
+        "labels": {"0": "false", "1": "true"},
+        "image": {"downsample": downsample_factor, "height": HEIGHT // downsample_factor,
+                  "width": WIDTH // downsample_factor, "channels": "RGB, uint8, (N, H, W, 3)",
+                  "boxes_at_x": [b * (BOX + GAP) // downsample_factor for b in range(BOXES)],
+                  "box_size": BOX // downsample_factor, "box_order": "as in structured_rep (published order 0)"},
+        "renderer": {"anti_aliasing_samples_per_pixel": SAMPLES * SAMPLES, "colours": COLOURS,
+                     "agreement_with_published": checks or None},
+        "splits": {"valid": "dev.json (model selection)", "test": "test.json (reported)"},
+    }
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        for split, examples in splits.items():
+            with open(tmp / f"{split}.jsonl", "w", encoding="utf-8") as f:
+                for x in examples:
+                    f.write(json.dumps({k: x[k] for k in ("identifier", "sentence", "label", "directory")}) + "\n")
+            np.save(tmp / f"{split}_images.npy", images[split])
+        (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    return metadata
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--raw", required=True, type=Path, help="folder of the NLVR v1 JSON files (and images-dev-test.tar)")
+    parser.add_argument("--out", required=True, type=Path, help="folder to write the prepared data to")
+    parser.add_argument("--downsample", type=int, default=2, choices=DOWNSAMPLES,
+                        help="keep the images at 1/d of the published 100 x 400 (default 2: 50 x 200)")
+    parser.add_argument("--no-image-check", action="store_true",
+                        help="do not compare the rendering with the published PNGs")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    try:
+        meta = prepare(args.raw, args.out, args.downsample, check_images=not args.no_image_check,
+                       overwrite=args.overwrite, progress=not args.no_progress)
+    except PrepareError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    counts = ", ".join(f"{s} {n}" for s, n in meta["counts"].items())
+    checks = meta["renderer"]["agreement_with_published"] or {}
+    agree = "; ".join(f"renderer agrees with the published {c['published']} PNGs on {c['pixels_equal']:.2%} "
+                      f"of pixels" for c in checks.values())
+    print(f"wrote {args.out}: {counts} examples{' (partial train split)' if meta['partial_train'] else ''}"
+          f"{'; ' + agree if agree else ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

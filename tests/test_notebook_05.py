@@ -1,0 +1,89 @@
+"""Notebook 05 (NLVR v1) run headless with papermill on the real files at test size, then
+re-checked with nbval."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from i2m2kit.runner import run_notebook
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "05_nlvr.ipynb"
+MODELS = {"uni:image", "uni:text", "intra", "inter", "i2m2"}
+TINY = {"downsample": 10, "epochs": 1, "seeds": [0], "n_train": 256}
+
+
+@pytest.fixture(scope="module")
+def default_run(shared_data, tmp_path_factory):
+    """The default path (joint training, text encoder from scratch) at test size; the
+    notebook prepares the data itself."""
+    out = tmp_path_factory.mktemp("notebook05")
+    return run_notebook(NOTEBOOK, out, {"data_dir": str(shared_data / "nlvr" / "nlvr1"), "backbone": "scratch", **TINY},
+                        progress=False)
+
+
+def errors(result) -> list:
+    nb = nbformat.read(result["notebook"], as_version=4)
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+
+
+def test_committed_notebook_has_no_outputs_and_a_parameters_cell():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs for c in code)
+    parameters = next(c for c in code if "parameters" in c.metadata.get("tags", []))
+    for name in ("data_dir", "backbone", "regime", "epochs", "seeds", "device", "output_dir"):
+        assert f"\n{name} = " in f"\n{parameters.source}", name
+    assert "check_parameter(" in code[code.index(parameters) + 1].source
+    assert nb.metadata["i2m2kit"] == {"data_parameter": "data_dir", "data_subdir": "nlvr/nlvr1"}
+    assert any("nbval-check-output" in c.metadata.get("tags", []) for c in code)
+
+
+def test_default_run_reports_five_models_experts_and_a_modality_removed(default_run):
+    assert not errors(default_run)
+    m = default_run["metrics"]
+    assert m["splits"] == {"train": 256, "valid": 989, "test": 990}
+    assert m["backbone"] == "scratch" and m["regime"] == "joint"
+    assert m["renderer_agreement"]["valid"]["pixels_equal"] >= 0.99
+    assert m["majority_baseline"]["test"] == pytest.approx(556 / 990)
+    assert set(m["models"]) == MODELS
+    assert all(0 <= v["accuracy"] <= 1 for v in m["models"].values())
+    assert {e["expert"] for e in m["experts"]} == {"image", "text", "joint"}
+    assert set(m["missing_modality"]) == {"i2m2, image + text", "i2m2, image", "i2m2, text",
+                                          "uni:image (trained alone)", "uni:text (trained alone)"}
+    assert m["missing_modality"]["i2m2, image + text"] == pytest.approx(m["models"]["i2m2"]["accuracy"])
+    assert (Path(default_run["notebook"]).parent / "prepared" / "metadata.json").exists()
+    nb = nbformat.read(default_run["notebook"], as_version=4)
+    figures = sum("application/vnd.plotly.v1+json" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+    # examples, models, scatter, experts, Shapley, modality removed; the overruled examples when there are any
+    assert figures == 6 + (m["joint_overrules"]["count"] > 0)
+    assert Path(default_run["notebook"]).stat().st_size < 2_000_000
+
+
+def test_frozen_shared_backbone_with_concatenation_runs(default_run, tmp_path):
+    prepared = Path(default_run["notebook"]).parent / "prepared"
+    result = run_notebook(NOTEBOOK, tmp_path, {"data_dir": "/nonexistent", "prepared_dir": str(prepared),
+                                               "regime": "frozen_backbone", "fusion": "concat", "backbone": "auto",
+                                               **TINY, "n_train": 64}, progress=False)
+    assert not errors(result)
+    m = result["metrics"]
+    assert m["regime"] == "frozen_backbone" and set(m["models"]) == MODELS
+
+
+def test_bad_parameter_is_named(tmp_path):
+    import papermill
+
+    with pytest.raises(papermill.PapermillExecutionError, match="parameter regime='pretrained'"):
+        run_notebook(NOTEBOOK, tmp_path, {"regime": "pretrained", "data_dir": "/nonexistent"}, progress=False)
+
+
+def test_run_reproduces_under_nbval(default_run):
+    """nbval re-executes the copy with the same parameters and compares the checked cells:
+    the renderer check, the splits and the five models' test accuracies."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
+                           default_run["notebook"]], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert " passed" in proc.stdout
