@@ -48,3 +48,32 @@ def load_data_script(name: str):
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def assert_reproduces_under_nbval(notebook) -> None:
+    """nbval re-executes an executed notebook (its injected parameters included) and compares
+    the outputs of the cells tagged nbval-check-output: same seeds, same numbers."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider", str(notebook)],
+                          capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert " passed" in proc.stdout
+
+
+def notebook_errors(notebook) -> list:
+    """The error outputs of an executed notebook."""
+    import nbformat
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+
+
+def notebook_figures(notebook) -> int:
+    """How many plotly figures an executed notebook stores."""
+    import nbformat
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    return sum("application/vnd.plotly.v1+json" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))

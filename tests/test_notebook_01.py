@@ -9,6 +9,7 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
+from conftest import assert_reproduces_under_nbval, notebook_errors, notebook_figures
 
 from i2m2kit.runner import data_parameters, run_notebook
 
@@ -29,15 +30,6 @@ def executed(result):
     return nbformat.read(result["notebook"], as_version=4)
 
 
-def errors(result) -> list:
-    return [o for c in executed(result).cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-
-
-def figures(result) -> int:
-    return sum("application/vnd.plotly.v1+json" in o.get("data", {})
-               for c in executed(result).cells for o in c.get("outputs", []))
-
-
 def test_committed_notebook_has_its_parameters_and_says_its_defaults_are_a_subset():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
@@ -52,7 +44,7 @@ def test_committed_notebook_has_its_parameters_and_says_its_defaults_are_a_subse
 
 
 def test_tiny_run_builds_the_pairs_trains_the_five_models_and_reports_them(tiny):
-    assert not errors(tiny)
+    assert not notebook_errors(tiny["notebook"])
     m = tiny["metrics"]
     assert m["splits"] == {"train": 300, "valid": 100, "test": 200}
     assert set(m["models"]) == MODELS and m["regime"] == "pretrain_finetune"
@@ -71,17 +63,17 @@ def test_tiny_run_builds_the_pairs_trains_the_five_models_and_reports_them(tiny)
     prepared = Path(tiny["notebook"]).parent / "prepared_400_200"
     labels = np.load(prepared / "train_labels.npy")
     assert len(labels) == 400 and np.load(prepared / "audio" / "test_data.npy").shape == (200, 112, 112)
-    assert figures(tiny) >= 8
+    assert notebook_figures(tiny["notebook"]) >= 8
     assert Path(tiny["notebook"]).stat().st_size < 1_000_000  # pictures stored as PNG, not as numbers
     html = Path(tiny["html"]).read_text()
-    assert html.count("plotly.js v") == 1 and html.count("Plotly.newPlot(") >= figures(tiny)
+    assert html.count("plotly.js v") == 1 and html.count("Plotly.newPlot(") >= notebook_figures(tiny["notebook"])
 
 
 def test_a_prepared_folder_is_used_as_is_and_the_joint_regime_runs(tiny, tmp_path):
     prepared = Path(tiny["notebook"]).parent / "prepared_400_200"
     result = run_notebook(NOTEBOOK, tmp_path, {**TINY, "raw_dir": "/nonexistent", "prepared_dir": str(prepared),
                                                "regime": "joint", "seeds": [0, 1]}, progress=False)
-    assert not errors(result)
+    assert not notebook_errors(result["notebook"])
     m = result["metrics"]
     assert m["regime"] == "joint" and m["seeds"] == [0, 1] and set(m["models"]) == MODELS
     outputs = json.dumps([c.get("outputs", []) for c in executed(result).cells])
@@ -89,9 +81,7 @@ def test_a_prepared_folder_is_used_as_is_and_the_joint_regime_runs(tiny, tmp_pat
 
 
 def test_tiny_run_reproduces_under_nbval(tiny):
-    proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
-                           tiny["notebook"]], capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert_reproduces_under_nbval(tiny["notebook"])
 
 
 def test_without_the_raw_files_the_notebook_is_skipped_with_the_reason(tmp_path):

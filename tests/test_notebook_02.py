@@ -1,12 +1,11 @@
 """Notebook 02 (MIMIC-III) run headless with papermill on the real demo at test size, then
 re-checked with nbval."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import assert_reproduces_under_nbval, notebook_errors
 
 from i2m2kit.runner import run_notebook
 
@@ -23,11 +22,6 @@ def mortality(shared_data, tmp_path_factory):
                         progress=False)
 
 
-def errors(result) -> list:
-    nb = nbformat.read(result["notebook"], as_version=4)
-    return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-
-
 def test_committed_notebook_has_no_outputs_and_a_parameters_cell():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
@@ -39,7 +33,7 @@ def test_committed_notebook_has_no_outputs_and_a_parameters_cell():
 
 
 def test_mortality_run_reports_five_models_and_missing_modalities(mortality):
-    assert not errors(mortality)
+    assert not notebook_errors(mortality["notebook"])
     m = mortality["metrics"]
     assert m["task"] == "mortality" and m["splits"] == {"train": 74, "valid": 9, "test": 9}
     assert set(m["models"]) == MODELS
@@ -61,23 +55,13 @@ def test_binary_task_reuses_the_prepared_data_and_selects_on_auprc(mortality, tm
     result = run_notebook(NOTEBOOK, tmp_path, {"data_dir": "/nonexistent", "prepared_dir": str(prepared),
                                                "task": "icd9_140_239", "epochs": 1, "seeds": [0, 1]},
                           progress=False)
-    assert not errors(result)
+    assert not notebook_errors(result["notebook"])
     m = result["metrics"]
     assert m["task"] == "icd9_140_239" and m["selection_metric"] == "auprc"
     assert set(m["models"]) == MODELS and all("auroc" in v for v in m["models"].values())
 
 
 def test_notebook_02_reproduces_under_nbval(mortality):
-    """nbval re-executes the copy papermill wrote and compares the cells tagged nbval-check-output."""
-    proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
-                           mortality["notebook"]], capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    assert " passed" in proc.stdout
-
-
-def test_mortality_run_reproduces_under_nbval(mortality):
-    """nbval re-executes the copy with the same parameters and compares the checked cells:
-    the split sizes and the five models' test metrics (same seeds, same numbers)."""
-    proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
-                           mortality["notebook"]], capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-3000:]
+    """nbval re-executes the copy papermill wrote and compares the checked cells: the split
+    sizes and the five models' test metrics (same seeds, same numbers)."""
+    assert_reproduces_under_nbval(mortality["notebook"])

@@ -2,13 +2,12 @@
 layout and the real fastMRI+ annotations, then re-checked with nbval; without the k-space
 files the main job skips it."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
 import papermill
 import pytest
+from conftest import assert_reproduces_under_nbval
 from fastmri_files import miniature_raw
 
 from i2m2kit.runner import data_parameters, run_notebook
@@ -67,10 +66,7 @@ def test_run_reports_five_models_contributions_and_missing_modalities(run03):
 def test_notebook_03_reproduces_under_nbval(run03):
     """nbval re-executes the copy papermill wrote (the prepared data is reused) and compares
     the cells tagged nbval-check-output."""
-    proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
-                           run03["notebook"]], capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    assert " passed" in proc.stdout
+    assert_reproduces_under_nbval(run03["notebook"])
 
 
 def test_without_the_kspace_files_the_main_job_skips_it(tmp_path):

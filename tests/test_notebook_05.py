@@ -1,12 +1,11 @@
 """Notebook 05 (NLVR v1) run headless with papermill on the real files at test size, then
 re-checked with nbval."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import assert_reproduces_under_nbval, notebook_errors
 
 from i2m2kit.runner import run_notebook
 
@@ -25,11 +24,6 @@ def default_run(shared_data, tmp_path_factory):
                         progress=False)
 
 
-def errors(result) -> list:
-    nb = nbformat.read(result["notebook"], as_version=4)
-    return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-
-
 def test_committed_notebook_has_no_outputs_and_a_parameters_cell():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
@@ -43,7 +37,7 @@ def test_committed_notebook_has_no_outputs_and_a_parameters_cell():
 
 
 def test_default_run_reports_five_models_experts_and_a_modality_removed(default_run):
-    assert not errors(default_run)
+    assert not notebook_errors(default_run["notebook"])
     m = default_run["metrics"]
     assert m["splits"] == {"train": 256, "valid": 989, "test": 990}
     assert m["backbone"] == "scratch" and m["regime"] == "joint"
@@ -68,7 +62,7 @@ def test_frozen_shared_backbone_with_concatenation_runs(default_run, tmp_path):
     result = run_notebook(NOTEBOOK, tmp_path, {"data_dir": "/nonexistent", "prepared_dir": str(prepared),
                                                "regime": "frozen_backbone", "fusion": "concat", "backbone": "auto",
                                                **TINY, "n_train": 64}, progress=False)
-    assert not errors(result)
+    assert not notebook_errors(result["notebook"])
     m = result["metrics"]
     assert m["regime"] == "frozen_backbone" and set(m["models"]) == MODELS
 
@@ -83,7 +77,4 @@ def test_bad_parameter_is_named(tmp_path):
 def test_run_reproduces_under_nbval(default_run):
     """nbval re-executes the copy with the same parameters and compares the checked cells:
     the renderer check, the splits and the five models' test accuracies."""
-    proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
-                           default_run["notebook"]], capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    assert " passed" in proc.stdout
+    assert_reproduces_under_nbval(default_run["notebook"])

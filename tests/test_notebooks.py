@@ -9,6 +9,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import assert_reproduces_under_nbval
 
 from i2m2kit.runner import run_notebook
 
@@ -57,10 +58,7 @@ def test_notebook_00_html_draws_its_plots_offline(run00):
 def test_notebook_00_reproduces_under_nbval(run00):
     """nbval re-executes the copy papermill wrote (small parameters injected) and compares the
     outputs of the cells tagged nbval-check-output."""
-    proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
-                           run00["notebook"]], capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    assert " passed" in proc.stdout
+    assert_reproduces_under_nbval(run00["notebook"])
 
 
 def test_a_notebook_whose_data_is_missing_is_skipped_with_the_reason(tmp_path):

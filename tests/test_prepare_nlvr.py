@@ -3,7 +3,6 @@ PNGs, the prepared folder against the JSON lines, and one-line errors for bad in
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
