@@ -467,12 +467,13 @@ def compare_models(
     (``train_seconds`` then includes that pretraining). Returns one row per model; if a
     ``trained`` dict is given, the trained models are put in it by name.
     """
-    names = list(names) if names is not None else list(build_model().baselines())
+    views = build_model().baselines()  # which models there are, and how many experts each has
+    names = list(names) if names is not None else list(views)
     device = fit_kwargs.get("device", "auto")
     staged = fit_kwargs.get("regime") == "pretrain_finetune"
     order = names
     if staged:  # single-expert models first: they are the pretraining of the others
-        order = sorted(names, key=lambda name: len(build_model().baselines()[name].experts) > 1)
+        order = sorted(names, key=lambda name: len(views[name].experts) > 1)
     pretrained: dict[str, tuple[I2M2, float]] = {}  # expert name -> (its trained model, seconds)
     rows = {}
     for name in tqdm(order, desc="models", disable=not progress):
@@ -559,8 +560,9 @@ def evaluate_noised(model: I2M2, data: TensorData, modality: str, levels: Iterab
         raise KeyError(f"modality {modality!r} is not in the data; it has {sorted(data.inputs)}")
     x = data.inputs[modality]
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype).to(x.device)
+    noise *= x.float().std().to(x.dtype)  # in units of the modality's own spread, computed once
     rows = []
     for level in levels:
-        noised = TensorData({**data.inputs, modality: x + level * x.float().std().to(x.dtype) * noise}, data.targets)
+        noised = TensorData({**data.inputs, modality: x + level * noise}, data.targets)
         rows.append({"noised": modality, "noise": float(level), **evaluate(model, noised, **kwargs)})
     return rows
