@@ -17,11 +17,16 @@ Two kinds of head:
 
 * ``"multiclass"``: K mutually exclusive classes. Experts give (B, K) logits; the product
   of the experts' softmax distributions, renormalised, is ``softmax(sum of logits)``.
-* ``"multilabel"``: L independent binary labels (fastMRI's four findings) or soft scores in
-  [0, 1] per answer (VQA). Experts give (B, L) log-odds; the renormalised product of the
-  experts' Bernoulli distributions for each label is ``sigmoid(sum of log-odds)``. Soft
-  targets are trained with binary cross-entropy on those summed logits, the same loss for
-  every model, baselines included.
+* ``"multilabel"``: L independent binary labels (fastMRI's four findings). Experts give
+  (B, L) log-odds; the renormalised product of the experts' Bernoulli distributions for each
+  label is ``sigmoid(sum of log-odds)``; binary cross-entropy on the summed logits.
+* ``"answers"``: soft scores in [0, 1] per candidate answer (VQA: how many annotators gave
+  it). Combined and trained exactly as ``"multilabel"`` (each answer a Bernoulli whose experts
+  multiply; binary cross-entropy of the summed logits against the scores), but the model
+  answers with its most probable answer and is scored by the VQA score of that answer.
+
+Every model built from an I2M2, baselines included, gets the same loss on its own summed
+logits: never log-probabilities for one and raw logits for another.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-HEADS = ("multiclass", "multilabel")
+HEADS = ("multiclass", "multilabel", "answers")
 
 
 def unregistered_tensors(net: nn.Module):
@@ -104,7 +109,7 @@ class Output:
 
     logits: torch.Tensor  # (B, K) sum of the experts' logits
     expert_logits: dict[str, torch.Tensor]  # {expert name: (B, K)}, only the experts that ran
-    log_probs: torch.Tensor  # multiclass: log_softmax(logits); multilabel: logsigmoid(logits)
+    log_probs: torch.Tensor  # multiclass: log_softmax(logits); multilabel, answers: logsigmoid(logits)
 
     @property
     def probs(self) -> torch.Tensor:
@@ -115,7 +120,7 @@ def log_probs(logits: torch.Tensor, head: str) -> torch.Tensor:
     """Log-probabilities of a head's logits (per class, or of each label being positive)."""
     if head == "multiclass":
         return F.log_softmax(logits, dim=-1)
-    if head == "multilabel":
+    if head in ("multilabel", "answers"):
         return F.logsigmoid(logits)
     raise ValueError(f"head must be one of {HEADS}, got {head!r}")
 
@@ -125,7 +130,7 @@ class I2M2(nn.Module):
 
     Args:
         experts: ``{name: Expert}``; any number, in any combination of modalities.
-        head: ``"multiclass"`` or ``"multilabel"`` (see the module docstring).
+        head: ``"multiclass"``, ``"multilabel"`` or ``"answers"`` (see the module docstring).
         backbone: optional shared module run once on the inputs; it returns a dict of
             features that the experts read instead of the raw inputs (the frozen
             shared-backbone regime of the vision-language benchmarks).
@@ -188,11 +193,14 @@ class I2M2(nn.Module):
         multiclass: cross-entropy; ``target`` holds class indices (B,) or probabilities (B, K);
         ``weight`` is a per-class weight. multilabel: binary cross-entropy on the logits;
         ``target`` (B, L) holds 0/1 labels or soft scores; ``weight`` is a per-label
-        positive-class weight.
+        positive-class weight. answers: the same binary cross-entropy against the scores,
+        summed over answers and averaged over examples (a mean over thousands of answers,
+        nearly all scoring 0, would shrink the gradient by their number).
         """
         if self.head == "multiclass":
             return F.cross_entropy(logits, target, weight=weight)
-        return F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), pos_weight=weight)
+        bce = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), pos_weight=weight)
+        return bce * logits.shape[-1] if self.head == "answers" else bce
 
     # -- baselines from the same object (they share this model's experts and parameters) --
 

@@ -36,3 +36,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, default=float))
+
+
+def read_metadata(folder: str | os.PathLike, build: str) -> dict[str, Any]:
+    """A prepared folder's ``metadata.json``; if it is missing, say which command builds it."""
+    file = Path(folder) / "metadata.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: not found; build the prepared folder with '{build}'")
+    return json.loads(file.read_text())

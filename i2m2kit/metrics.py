@@ -87,7 +87,7 @@ def evaluate_probs(probs: np.ndarray, targets: np.ndarray, head: str) -> dict[st
 
     multiclass with index targets: accuracy, balanced accuracy, AUROC, AUPRC, NLL, ECE.
     multilabel with 0/1 targets: per-label and mean AUROC, AUPRC, balanced accuracy,
-    sensitivity, specificity. multilabel with soft scores (VQA): the VQA score.
+    sensitivity, specificity. answers (soft answer scores, VQA): the VQA score.
     """
     probs, targets = np.asarray(probs), np.asarray(targets)
     if not np.isfinite(probs).all():
@@ -97,7 +97,9 @@ def evaluate_probs(probs: np.ndarray, targets: np.ndarray, head: str) -> dict[st
             targets = targets.argmax(axis=1)
         return multiclass_metrics(probs, targets)
     if head == "multilabel":
-        if np.isin(targets, (0, 1)).all():
-            return multilabel_metrics(probs, targets)
+        if not np.isin(targets, (0, 1)).all():
+            raise ValueError("multilabel targets must be 0 or 1; soft answer scores take head='answers'")
+        return multilabel_metrics(probs, targets)
+    if head == "answers":
         return {"vqa_score": vqa_score(probs, targets)}
     raise ValueError(f"unknown head {head!r}")

@@ -141,12 +141,24 @@ def shapley_by_class(expert_logits: Mapping[str, torch.Tensor], targets: torch.T
                      class_names: Sequence[str] | None = None) -> go.Figure:
     """Mean exact Shapley value of each expert for the true class, per class."""
     phi = C.shapley_values(expert_logits, targets)
-    classes = sorted(set(targets.tolist()))
-    labels = [class_names[c] if class_names else str(c) for c in classes]
-    fig = go.Figure([go.Bar(name=n, x=labels, y=[phi[n][targets == c].mean().item() for c in classes],
-                            marker_color=col) for n, col in zip(phi, EXPERT_COLOURS)])
-    fig.update_layout(barmode="group", title="Mean Shapley value for the true class, by class",
-                      xaxis_title="true class", yaxis_title="Shapley value (nats)", height=380)
+    rows = [{"expert": n, "class": class_names[c] if class_names else str(c), "shapley": phi[n][targets == c].mean().item()}
+            for n in phi for c in sorted(set(targets.tolist()))]
+    return grouped_bars(rows, "class", "expert", "shapley", title="Mean Shapley value for the true class, by class",
+                        x_title="true class", y_title="Shapley value (nats)")
+
+
+def grouped_bars(rows: Sequence[Mapping], x: str, group: str, value: str, title: str | None = None,
+                 x_title: str | None = None, y_title: str | None = None) -> go.Figure:
+    """Bars of ``value`` per ``x``, side by side for each ``group`` (e.g. the VQA score per
+    question type, one bar per model); rows in the order the bars should appear."""
+    xs = list(dict.fromkeys(r[x] for r in rows))
+    fig = go.Figure()
+    for i, name in enumerate(dict.fromkeys(r[group] for r in rows)):
+        got = {r[x]: r[value] for r in rows if r[group] == name}
+        fig.add_trace(go.Bar(name=str(name), x=xs, y=[got.get(v) for v in xs],
+                             marker_color=EXPERT_COLOURS[i % len(EXPERT_COLOURS)]))
+    fig.update_layout(barmode="group", title=title or f"{value} by {x}", xaxis_title=x_title or x,
+                      yaxis_title=y_title or value, height=400)
     return fig
 
 

@@ -128,13 +128,32 @@ def test_multilabel_head_is_the_renormalised_product_of_bernoulli_experts():
     zs = torch.stack(list(out.expert_logits.values()))  # (experts, B, L)
     yes, no = torch.sigmoid(zs).prod(0), torch.sigmoid(-zs).prod(0)
     torch.testing.assert_close(out.probs, yes / (yes + no))
-    # 0/1 labels and soft scores (VQA) use the same binary cross-entropy on the summed logits
-    soft = torch.rand(7, 4)
-    torch.testing.assert_close(model.loss(out.logits, soft), F.binary_cross_entropy_with_logits(out.logits, soft))
+    labels = torch.rand(7, 4).round()
+    torch.testing.assert_close(model.loss(out.logits, labels), F.binary_cross_entropy_with_logits(out.logits, labels))
     pos_weight = torch.tensor([1.0, 2.0, 3.0, 4.0])
     torch.testing.assert_close(
-        model.loss(out.logits, soft.round(), pos_weight),
-        F.binary_cross_entropy_with_logits(out.logits, soft.round(), pos_weight=pos_weight))
+        model.loss(out.logits, labels, pos_weight),
+        F.binary_cross_entropy_with_logits(out.logits, labels, pos_weight=pos_weight))
+
+
+def test_soft_answer_scores_get_one_loss_on_the_summed_logits_for_every_model():
+    """VQA: each answer a Bernoulli whose experts multiply; binary cross-entropy of each
+    model's own summed logits against the scores, summed over answers, for I2M2 and every
+    baseline alike (the published code gave I2M2 renormalised log-probabilities instead)."""
+    model, inputs = three_experts(k=5, head="answers"), batch()
+    scores = torch.tensor([0.0, 0.3, 0.6, 0.9, 1.0]).repeat(7, 1)
+    for name, baseline in model.baselines().items():
+        out = baseline(inputs)
+        summed = sum(out.expert_logits.values())
+        torch.testing.assert_close(out.logits, summed)
+        expected = F.binary_cross_entropy_with_logits(summed, scores, reduction="none").sum(1).mean()
+        torch.testing.assert_close(baseline.loss(out.logits, scores), expected, msg=name)
+        torch.testing.assert_close(out.log_probs, F.logsigmoid(summed))
+    # the answer is the most probable one; the score is that answer's soft score
+    out = model(inputs)
+    metrics = ik.evaluate_probs(out.probs.detach().numpy(), scores.numpy(), "answers")
+    chosen = out.logits.argmax(1)
+    assert metrics["vqa_score"] == pytest.approx(float(scores[torch.arange(7), chosen].mean()))
 
 
 def test_shared_backbone_runs_once_and_feeds_the_experts():

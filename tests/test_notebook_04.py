@@ -1,0 +1,88 @@
+"""Notebook 04 (VQA) run headless with papermill at test size: on the real easy-VQA data (the
+installed package) and on a miniature VQA v2 folder in the published layout; then re-checked
+with nbval."""
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from conftest import assert_reproduces_under_nbval, notebook_errors, notebook_figures
+from test_prepare_vqa import make_v2
+
+from i2m2kit.runner import run_notebook
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "04_vqa.ipynb"
+MODELS = {"uni:image", "uni:text", "intra", "inter", "i2m2"}
+TINY = {"image_size": 8, "epochs": 1, "seeds": [0], "n_train": 300, "n_test": 300, "backbone": "scratch"}
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """The default path (easy-VQA from its package, joint training) at test size; the notebook
+    prepares the data itself."""
+    out = tmp_path_factory.mktemp("notebook04")
+    return run_notebook(NOTEBOOK, out, TINY, progress=False)
+
+
+def test_committed_notebook_has_no_outputs_and_a_parameters_cell():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs for c in code)
+    parameters = next(c for c in code if "parameters" in c.metadata.get("tags", []))
+    for name in ("dataset", "data_dir", "backbone", "regime", "epochs", "seeds", "device", "output_dir"):
+        assert f"\n{name} = " in f"\n{parameters.source}", name
+    assert "check_parameter(" in code[code.index(parameters) + 1].source
+    assert "i2m2kit" not in nb.metadata  # easy-VQA installs with the package: no data location to find
+    assert sum("nbval-check-output" in c.metadata.get("tags", []) for c in code) == 2
+
+
+def test_default_run_reports_five_models_question_types_experts_and_a_modality_removed(default_run):
+    assert not notebook_errors(default_run["notebook"])
+    m = default_run["metrics"]
+    assert m["dataset"] == "easy-vqa" and m["backbone"] == "scratch" and m["regime"] == "joint"
+    assert m["splits"] == {"train": 300, "valid": 3888, "test": 300}
+    assert set(m["models"]) == MODELS
+    assert all(0 <= v["vqa_score"] <= 1 for v in m["models"].values())
+    assert 0.3 < m["prior_baseline"]["test"] < 0.45  # always "yes"
+    assert set(m["by_question_type"]["uni:text"]) <= set(m["by_question_type"]["i2m2"])
+    assert len(m["by_question_type"]["i2m2"]) == 24  # easy-VQA's question templates
+    assert {k.split(", ")[1] for k in m["by_answer_type"]} == {"yes/no", "shape", "color"}
+    assert {e["expert"] for e in m["experts"]} == {"image", "text", "joint"}
+    assert set(m["missing_modality"]) == {"i2m2, image + text", "i2m2, image", "i2m2, text",
+                                          "uni:image (trained alone)", "uni:text (trained alone)"}
+    assert m["missing_modality"]["i2m2, image + text"] == pytest.approx(m["models"]["i2m2"]["vqa_score"])
+    assert (Path(default_run["notebook"]).parent / "prepared" / "metadata.json").exists()
+    # examples, models, by answer type, by question type, scatter, experts, Shapley, modality
+    # removed; the two sets of chosen questions when there are any
+    chosen = (m["question_decides"]["count"] > 0) + (m["joint_overrules"]["count"] > 0)
+    assert notebook_figures(default_run["notebook"]) == 8 + chosen
+    assert Path(default_run["notebook"]).stat().st_size < 2_000_000
+
+
+def test_vqa_v2_layout_runs_with_a_frozen_shared_backbone(tmp_path):
+    """The same notebook on VQA v2 files (a miniature in the published layout: JSON and JPEGs),
+    with the published regime: one frozen backbone, three trained heads."""
+    raw = make_v2(tmp_path / "raw")
+    result = run_notebook(NOTEBOOK, tmp_path / "out", {
+        **TINY, "dataset": "vqa-v2", "data_dir": str(raw), "min_answer_count": 2, "regime": "frozen_backbone",
+        "fusion": "concat", "n_train": None, "n_test": None}, progress=False)
+    assert not notebook_errors(result["notebook"])
+    m = result["metrics"]
+    assert m["dataset"] == "vqa-v2" and m["regime"] == "frozen_backbone" and set(m["models"]) == MODELS
+    assert sum(m["splits"].values()) == 12
+
+
+def test_bad_parameter_is_named(tmp_path):
+    import papermill
+
+    with pytest.raises(papermill.PapermillExecutionError, match="parameter dataset='coco'"):
+        run_notebook(NOTEBOOK, tmp_path, {"dataset": "coco"}, progress=False)
+    with pytest.raises(papermill.PapermillExecutionError, match="parameter data_dir=None"):
+        run_notebook(NOTEBOOK, tmp_path, {"dataset": "vqa-v2"}, progress=False)
+
+
+def test_run_reproduces_under_nbval(default_run):
+    """nbval re-executes the copy with the same parameters and compares the checked cells:
+    the splits, the prior and the five models' test VQA scores."""
+    assert_reproduces_under_nbval(default_run["notebook"])
