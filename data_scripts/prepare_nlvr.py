@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Build NLVR (v1) for I2M2: sentences, labels and images rendered from the structured worlds.
+"""Build NLVR (v1) or NLVR2 for I2M2: sentences, labels and images (rendered or read).
 
 NLVR (Suhr et al., 2017; github.com/lil-lab/nlvr) pairs a sentence with a synthetic image of
 three boxes of coloured shapes; the label says whether the sentence is true of the image.
@@ -37,7 +37,25 @@ Output (``--out``, a folder written atomically; an existing one only with ``--ov
 
 The dev split is the validation split (model selection); test is reported.
 
+NLVR2 (Suhr et al., 2019; ``nlvr2/data/`` of the same repository) pairs a sentence with two
+real photographs, left and right. Its JSON lines carry ``identifier`` (``dev-850-0-1``: split,
+set, pair, sentence), ``sentence``, ``label`` ("True"/"False"), ``left_url``, ``right_url``
+and, in ``train.json``, ``directory``; no ``structured_rep``. ``--dataset auto`` (the default)
+reads the first line of ``dev.json`` to tell the two apart. NLVR2 input (``--raw``):
+``train.json``, ``dev.json`` (the validation split) and ``test1.json`` (the test split), and
+the photographs the user downloaded, under ``--images`` (default ``<raw>/images``) as
+published: ``images/train/<directory>/<pair>-img0.png`` (left) and ``...-img1.png`` (right),
+``images/dev/...``, ``images/test1/...``, where ``<pair>`` is the identifier without its last
+``-<sentence>``. Every ``*-img0.png`` / ``*-img1.png`` under the folder is indexed by its file
+name, so any layout will do. Each photograph is read as RGB and resized, whole, to a
+``--image-size`` square (bilinear); the output is as for v1, but with
+``{split}_images.npy`` of shape (N, 2, S, S, 3) uint8 (left, right). A missing photograph stops
+the run (naming the identifier and the file expected) unless ``--skip-missing`` leaves its
+examples out (counted per split in ``metadata.json``); an unreadable one stops it, named.
+``--downsample`` and ``--no-image-check`` concern v1 only, ``--image-size`` NLVR2 only.
+
     python data_scripts/prepare_nlvr.py --raw ../shared/data/nlvr/nlvr1 --out data/nlvr
+    python data_scripts/prepare_nlvr.py --raw DIR_WITH_NLVR2_JSON_AND_images --out data/nlvr2 --image-size 64
 """
 
 from __future__ import annotations
@@ -69,6 +87,12 @@ SPLITS = {"train": ("train.json", "train_partial.json"), "valid": ("dev.json",),
 IMAGE_SPLITS = {"valid": "dev", "test": "test"}  # published PNGs: <name>/images/<dir>/<name>-<id>-0.png
 TOLERANCE = 8  # grey levels: a pixel "agrees within tolerance" when no channel differs by more
 DOWNSAMPLES = (1, 2, 5, 10)  # factors that keep every box edge on a pixel boundary
+
+
+DATASETS = ("auto", "nlvr", "nlvr2")
+NLVR2_SPLITS = {"train": "train.json", "valid": "dev.json", "test": "test1.json"}
+NLVR2_IMAGE_FOLDERS = {"train": "train", "valid": "dev", "test": "test1"}  # under the images folder
+SIDES = ("img0", "img1")  # left, right
 
 
 class PrepareError(Exception):
@@ -171,8 +195,10 @@ def check_world(world, where: str) -> list[list[dict]]:
     return world
 
 
-def read_examples(path: Path) -> Iterator[dict]:
-    """Each line of an NLVR JSON file, checked: identifier, sentence, label, structured_rep."""
+def checked_lines(path: Path, fields: Sequence[str], published: tuple[str, str]) -> Iterator[tuple[str, int, dict, int]]:
+    """(where, line number, example, label 0/1) for each line of an NLVR or NLVR2 JSON file,
+    its ``fields``, non-empty sentence and label (``published``: how the file spells false
+    and true; any case is accepted) checked."""
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
@@ -184,18 +210,26 @@ def read_examples(path: Path) -> Iterator[dict]:
                 raise PrepareError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(example, dict):
                 raise PrepareError(f"{where}: expected a JSON object, got {type(example).__name__}")
-            for key in ("identifier", "sentence", "label", "structured_rep"):
+            for key in fields:
                 if key not in example:
                     raise PrepareError(f"{where}: no field {key!r}")
             if not isinstance(example["sentence"], str) or not example["sentence"].strip():
                 raise PrepareError(f"{where}: field 'sentence': expected a non-empty string, got {example['sentence']!r}")
             label = example["label"]
             if not isinstance(label, str) or label.lower() not in LABELS:
-                raise PrepareError(f"{where}: field 'label': unknown label {label!r} (expected 'true' or 'false')")
-            yield {"identifier": str(example["identifier"]), "sentence": example["sentence"].strip(),
-                   "label": LABELS[label.lower()], "directory": str(example.get("directory", "")),
-                   "world": check_world(example["structured_rep"], f"{where}: field 'structured_rep'"),
-                   "line": number}
+                raise PrepareError(f"{where}: field 'label': unknown label {label!r} "
+                                   f"(expected {published[1]!r} or {published[0]!r})")
+            yield where, number, example, LABELS[label.lower()]
+
+
+def read_examples(path: Path) -> Iterator[dict]:
+    """Each line of an NLVR JSON file, checked: identifier, sentence, label, structured_rep."""
+    for where, number, example, label in checked_lines(path, ("identifier", "sentence", "label", "structured_rep"),
+                                                       ("false", "true")):
+        yield {"identifier": str(example["identifier"]), "sentence": example["sentence"].strip(),
+               "label": label, "directory": str(example.get("directory", "")),
+               "world": check_world(example["structured_rep"], f"{where}: field 'structured_rep'"),
+               "line": number}
 
 
 def split_file(raw: Path, split: str) -> Path:
@@ -238,9 +272,17 @@ class PublishedImages:
 
 
 def prepare(raw: str | Path, out: str | Path, downsample_factor: int = 2, check_images: bool = True,
-            overwrite: bool = False, progress: bool = True) -> dict:
-    """Read the NLVR files in ``raw``, write the prepared folder ``out``; return its metadata."""
+            overwrite: bool = False, progress: bool = True, dataset: str = "auto",
+            images: str | Path | None = None, image_size: int = 64, skip_missing: bool = False) -> dict:
+    """Read the NLVR (v1) or NLVR2 files in ``raw``, write the prepared folder ``out``; return
+    its metadata. ``dataset``: "auto" (from the first line of ``dev.json``), "nlvr" or "nlvr2".
+    v1 only: ``downsample_factor``, ``check_images``; NLVR2 only: ``images``, ``image_size``,
+    ``skip_missing``."""
     raw, out = Path(raw), Path(out)
+    if dataset not in DATASETS:
+        raise PrepareError(f"dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
+    if dataset == "nlvr2" or (dataset == "auto" and detect_dataset(raw) == "nlvr2"):
+        return prepare_nlvr2(raw, out, images, image_size, skip_missing, overwrite, progress)
     if downsample_factor not in DOWNSAMPLES:
         raise PrepareError(f"downsample must be one of {DOWNSAMPLES} (box edges on whole pixels), got {downsample_factor}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
@@ -271,6 +313,7 @@ def prepare(raw: str | Path, out: str | Path, downsample_factor: int = 2, check_
 
     metadata = {
         "format_version": FORMAT_VERSION,
+        "dataset": "nlvr",
         "source": {split: {"file": f.name, "bytes": f.stat().st_size} for split, f in files.items()},
         "partial_train": files["train"].name != SPLITS["train"][0],
         "counts": {s: len(e) for s, e in splits.items()},
@@ -298,25 +341,191 @@ def prepare(raw: str | Path, out: str | Path, downsample_factor: int = 2, check_
     return metadata
 
 
+# ---------------------------------------------------------------------- NLVR2
+
+
+def detect_dataset(raw: Path) -> str:
+    """"nlvr2" when the first line of ``raw/dev.json`` is an NLVR2 example (``left_url``, no
+    ``structured_rep``), else "nlvr" (whose own checks then name what is wrong)."""
+    dev = Path(raw) / "dev.json"
+    if not dev.is_file():
+        return "nlvr"
+    with open(dev, encoding="utf-8") as f:
+        first = next((line for line in f if line.strip()), "")
+    try:
+        example = json.loads(first)
+    except json.JSONDecodeError:
+        return "nlvr"
+    return "nlvr2" if isinstance(example, dict) and "left_url" in example and "structured_rep" not in example else "nlvr"
+
+
+def pair_name(identifier: str) -> str:
+    """``dev-850-0-1`` -> ``dev-850-0``: the image pair an NLVR2 sentence is written about."""
+    return identifier.rsplit("-", 1)[0]
+
+
+def read_nlvr2_examples(path: Path) -> list[dict]:
+    """Each line of an NLVR2 JSON file, checked: identifier, sentence, label (and directory)."""
+    examples = []
+    for where, number, example, label in checked_lines(path, ("identifier", "sentence", "label"), ("False", "True")):
+        identifier = example["identifier"]
+        if not isinstance(identifier, str) or identifier.count("-") < 2:
+            raise PrepareError(f"{where}: field 'identifier': expected '<split>-<set>-<pair>-<sentence>', "
+                               f"got {identifier!r}")
+        examples.append({"identifier": identifier, "sentence": example["sentence"].strip(), "label": label,
+                         "directory": str(example.get("directory", "")), "pair": pair_name(identifier),
+                         "line": number})
+    return examples
+
+
+def index_images(folder: Path) -> dict[str, Path]:
+    """Every ``*-img0.png`` / ``*-img1.png`` under ``folder``, by file name (first in path order)."""
+    index: dict[str, Path] = {}
+    for side in SIDES:
+        for path in sorted(folder.rglob(f"*-{side}.png")):
+            index.setdefault(path.name, path)
+    return index
+
+
+def expected_image(images: Path, split: str, example: dict, side: str) -> Path:
+    """Where the published layout puts an example's picture (for the error message)."""
+    folder = images / NLVR2_IMAGE_FOLDERS[split]
+    if example["directory"]:
+        folder = folder / example["directory"]
+    return folder / f"{example['pair']}-{side}.png"
+
+
+def read_photo(path: Path, size: int) -> np.ndarray:
+    """A photograph as an RGB ``size`` x ``size`` uint8 square: the whole picture, resized bilinearly."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as picture:
+            return np.asarray(picture.convert("RGB").resize((size, size), Image.BILINEAR))
+    except (OSError, SyntaxError, ValueError) as e:  # truncated, not an image, broken chunks
+        raise PrepareError(f"{path}: not a readable image ({e})") from None
+
+
+def prepare_nlvr2(raw: Path, out: Path, images: str | Path | None = None, image_size: int = 64,
+                  skip_missing: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
+    """NLVR2: the JSON files of ``raw`` and the photographs under ``images`` (default
+    ``raw/images``) -> the prepared folder ``out`` (image pairs (N, 2, S, S, 3)); its metadata."""
+    raw, out = Path(raw), Path(out)
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or not 4 <= image_size <= 1024:
+        raise PrepareError(f"image size must be an integer in [4, 1024], got {image_size!r}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise PrepareError(f"{out} already exists; pass --overwrite (overwrite=True) to replace it")
+    if not raw.is_dir():
+        raise PrepareError(f"{raw}: no such folder")
+    files = {}
+    for split, name in NLVR2_SPLITS.items():
+        if not (raw / name).is_file():
+            raise PrepareError(f"{raw}: no {name} (the NLVR2 {split} split)")
+        files[split] = raw / name
+    images = Path(images) if images is not None else raw / "images"
+    if not images.is_dir():
+        raise PrepareError(f"{images}: no such folder (the NLVR2 photographs: images/train/<directory>/"
+                           f"<pair>-img0.png, images/dev/..., images/test1/...)")
+    splits = {}
+    for split, source in files.items():  # every line checked before any picture is read
+        splits[split] = read_nlvr2_examples(source)
+        if not splits[split]:
+            raise PrepareError(f"{source.name}: no examples")
+    index = index_images(images)
+
+    skipped = {}
+    for split, examples in splits.items():
+        kept = []
+        for x in examples:
+            missing = [s for s in SIDES if f"{x['pair']}-{s}.png" not in index]
+            if not missing:
+                kept.append(x)
+            elif not skip_missing:
+                raise PrepareError(f"{files[split].name} line {x['line']} (identifier {x['identifier']}): no image "
+                                   f"{expected_image(images, split, x, missing[0])}; pass --skip-missing "
+                                   f"(skip_missing=True) to leave such examples out")
+        skipped[split] = len(examples) - len(kept)
+        if not kept:
+            raise PrepareError(f"{files[split].name}: none of its {len(examples)} examples has both images under {images}")
+        splits[split] = kept
+
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        for split, examples in splits.items():
+            pictures = np.lib.format.open_memmap(tmp / f"{split}_images.npy", mode="w+", dtype=np.uint8,
+                                                 shape=(len(examples), 2, image_size, image_size, 3))
+            first: dict[str, int] = {}  # a pair is read once, however many sentences describe it
+            for i, x in enumerate(tqdm(examples, desc=f"{split} ({files[split].name})", disable=not progress)):
+                if x["pair"] in first:
+                    pictures[i] = pictures[first[x["pair"]]]
+                    continue
+                first[x["pair"]] = i
+                for s, side in enumerate(SIDES):
+                    pictures[i, s] = read_photo(index[f"{x['pair']}-{side}.png"], image_size)
+            pictures.flush()
+            del pictures
+            with open(tmp / f"{split}.jsonl", "w", encoding="utf-8") as f:
+                for x in examples:
+                    f.write(json.dumps({k: x[k] for k in ("identifier", "sentence", "label", "directory")}) + "\n")
+        labels = {s: [x["label"] for x in e] for s, e in splits.items()}
+        metadata = {
+            "format_version": FORMAT_VERSION,
+            "dataset": "nlvr2",
+            "source": {split: {"file": f.name, "bytes": f.stat().st_size} for split, f in files.items()},
+            "images_folder": str(images),
+            "partial_train": False,
+            "counts": {s: len(e) for s, e in splits.items()},
+            "skipped_missing_images": skipped,
+            "true_fraction": {s: float(np.mean(y)) for s, y in labels.items()},
+            "majority_baseline": {s: float(max(np.mean(y), 1 - np.mean(y))) for s, y in labels.items()},
+            "distinct_sentences": {s: len({x["sentence"] for x in e}) for s, e in splits.items()},
+            "distinct_pairs": {s: len({x["pair"] for x in e}) for s, e in splits.items()},
+            "labels": {"0": "false", "1": "true"},
+            "image": {"size": image_size, "height": image_size, "width": image_size, "pair": True,
+                      "sides": ["left (img0)", "right (img1)"],
+                      "channels": "RGB, uint8, (N, 2, S, S, 3): left, right",
+                      "resize": "the whole photograph to a square, bilinear"},
+            "renderer": None,
+            "splits": {"valid": "dev.json (model selection)", "test": "test1.json (reported)"},
+        }
+        (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    return metadata
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--raw", required=True, type=Path, help="folder of the NLVR v1 JSON files (and images-dev-test.tar)")
+    parser.add_argument("--raw", required=True, type=Path,
+                        help="folder of the NLVR v1 JSON files (and images-dev-test.tar), or of the NLVR2 ones")
     parser.add_argument("--out", required=True, type=Path, help="folder to write the prepared data to")
     parser.add_argument("--downsample", type=int, default=2, choices=DOWNSAMPLES,
                         help="keep the images at 1/d of the published 100 x 400 (default 2: 50 x 200)")
     parser.add_argument("--no-image-check", action="store_true",
                         help="do not compare the rendering with the published PNGs")
+    parser.add_argument("--dataset", choices=DATASETS, default="auto",
+                        help="NLVR (v1) or NLVR2 (default auto: from the first line of dev.json)")
+    parser.add_argument("--images", type=Path, default=None,
+                        help="NLVR2: the folder of the downloaded photographs (default <raw>/images)")
+    parser.add_argument("--image-size", type=int, default=64,
+                        help="NLVR2: resize each photograph to this square (default 64)")
+    parser.add_argument("--skip-missing", action="store_true",
+                        help="NLVR2: leave out the examples whose photographs are missing (counted in metadata.json)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     try:
         meta = prepare(args.raw, args.out, args.downsample, check_images=not args.no_image_check,
-                       overwrite=args.overwrite, progress=not args.no_progress)
+                       overwrite=args.overwrite, progress=not args.no_progress, dataset=args.dataset,
+                       images=args.images, image_size=args.image_size, skip_missing=args.skip_missing)
     except PrepareError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     counts = ", ".join(f"{s} {n}" for s, n in meta["counts"].items())
+    if meta["dataset"] == "nlvr2":
+        skipped = sum(meta["skipped_missing_images"].values())
+        print(f"wrote {args.out}: NLVR2, {counts} examples, image pairs {args.image_size} x {args.image_size}"
+              f"{f'; {skipped} examples left out for missing images' if skipped else ''}")
+        return 0
     checks = meta["renderer"]["agreement_with_published"] or {}
     agree = "; ".join(f"renderer agrees with the published {c['published']} PNGs on {c['pixels_equal']:.2%} "
                       f"of pixels" for c in checks.values())

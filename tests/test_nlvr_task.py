@@ -1,5 +1,5 @@
 """i2m2kit.tasks.nlvr: the prepared-data reader, the tokenisers and the experts, on a small
-slice of the real NLVR (v1) data."""
+slice of the real NLVR (v1) data, and on a miniature NLVR2 folder (``nlvr2_files``)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import functools
 import pytest
 import torch
 from conftest import load_data_script
+from nlvr2_files import make_nlvr2
 
 import i2m2kit as ik
 from i2m2kit.tasks import nlvr
@@ -144,3 +145,77 @@ def test_pretrained_minilm_loads_offline_with_its_own_tokenizer(prepared):
     assert model.experts["text"].net.encoder.width == 384
     out = model({k: v[:2] for k, v in data.splits["test"].inputs.items()})
     assert out.logits.shape == (2, 2) and torch.isfinite(out.logits).all()
+
+
+# ---------------------------------------------------------------------- NLVR2
+
+
+@pytest.fixture(scope="module")
+def nlvr2(shared_data, tmp_path_factory):
+    """A miniature NLVR2 folder (48 / 24 / 24 examples), prepared at 16 x 16, and its colours."""
+    root, colours = make_nlvr2(shared_data, tmp_path_factory.mktemp("nlvr2_raw") / "raw")
+    out = root.parent / "prepared"
+    load_data_script("prepare_nlvr").prepare(root, out, image_size=16, progress=False)
+    return out, colours
+
+
+@pytest.fixture(scope="module")
+def data2(nlvr2):
+    return nlvr.load(nlvr2[0], text_model="scratch")
+
+
+def test_nlvr2_load_gives_uint8_left_right_pairs(nlvr2, data2):
+    prepared, colours = nlvr2
+    assert data2.dataset == "nlvr2" and data2.metadata["dataset"] == "nlvr2"
+    assert {k: len(v) for k, v in data2.splits.items()} == {"train": 48, "valid": 24, "test": 24}
+    image = data2.splits["test"].inputs["image"]
+    assert image.shape == (24, 2, 3, 16, 16) and image.dtype == torch.uint8
+    for identifier, pair in zip(data2.identifiers["test"], image):
+        left, right = colours[identifier]
+        assert pair[0, :, 0, 0].tolist() == list(left) and pair[1, :, 5, 7].tolist() == list(right)
+    assert data2.splits["train"].inputs["text"].shape == (48, data2.text.max_len)
+    # smaller pictures: a factor, or the size itself, dividing the prepared 16
+    small = nlvr.load(prepared, "scratch", downsample=2, limit=8)
+    assert small.splits["train"].inputs["image"].shape == (8, 2, 3, 8, 8)
+    assert torch.equal(small.splits["test"].inputs["image"], image[..., ::2, ::2])  # solid colours: averages equal
+    assert nlvr.load(prepared, "scratch", image_size=4).splits["valid"].inputs["image"].shape == (24, 2, 3, 4, 4)
+    with pytest.raises(ValueError, match="divides the prepared size 16"):
+        nlvr.load(prepared, "scratch", downsample=3)
+    with pytest.raises(ValueError, match="must divide the prepared size 16"):
+        nlvr.load(prepared, "scratch", image_size=5)
+
+
+def test_pair_encoder_shares_one_grid_and_marks_the_side(data2):
+    torch.manual_seed(0)
+    encoder = nlvr.PairEncoder(width=8).eval()
+    image = data2.splits["test"].inputs["image"][:5]
+    with torch.no_grad():
+        regions, mask = encoder(image)
+        swapped, _ = encoder(image.flip(1))  # right photograph first
+        alone, _ = encoder.grid(image[:, 1])  # the right photograph through the shared grid
+    cells = 2 * 2  # 16 -> 8 -> 4 -> 2
+    assert regions.shape == (5, 2 * cells, 8) and mask.shape == (5, 2 * cells) and mask.all()
+    torch.testing.assert_close(regions[:, cells:], alone + encoder.side[1])  # one grid, the right side's mark
+    # the same picture, now on the left, carries the left embedding: the encoder knows which is which
+    torch.testing.assert_close(swapped[:, :cells] - regions[:, cells:],
+                               (encoder.side[0] - encoder.side[1]).expand(5, cells, 8))
+    assert (encoder.side[0] - encoder.side[1]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="image pairs"):
+        encoder(image[:, 0])
+
+
+@pytest.mark.parametrize("shared_backbone", [False, True])
+def test_nlvr2_model_runs_on_a_batch_and_a_missing_modality_drops_its_experts(data2, shared_backbone):
+    torch.manual_seed(0)
+    model = nlvr.build_model(data2.text, image_width=8, text_width=16, text_layers=1, hidden=16,
+                             shared_backbone=shared_backbone, dataset=data2.dataset)
+    assert set(model.baselines()) == MODELS
+    batch = {k: v[:5] for k, v in data2.splits["test"].inputs.items()}
+    out = model(batch)
+    assert out.logits.shape == (5, 2) and torch.isfinite(out.logits).all()
+    assert set(out.expert_logits) == {"image", "text", "joint"}
+    assert set(model({"image": batch["image"]}).expert_logits) == {"image"}
+    image_encoders = [m for m in model.modules() if isinstance(m, nlvr.PairEncoder)]
+    assert image_encoders and not any(isinstance(m, nlvr.BoxEncoder) for m in model.modules())
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        nlvr.build_model(data2.text, dataset="nlvr3")

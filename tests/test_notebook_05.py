@@ -1,11 +1,12 @@
 """Notebook 05 (NLVR v1) run headless with papermill on the real files at test size, then
-re-checked with nbval."""
+re-checked with nbval; and once on a miniature NLVR2 folder (``nlvr2_files``)."""
 
 from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import assert_reproduces_under_nbval, notebook_errors
+from conftest import assert_reproduces_under_nbval, notebook_errors, notebook_figures
+from nlvr2_files import make_nlvr2
 
 from i2m2kit.runner import run_notebook
 
@@ -29,9 +30,10 @@ def test_committed_notebook_has_no_outputs_and_a_parameters_cell():
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(not c.outputs for c in code)
     parameters = next(c for c in code if "parameters" in c.metadata.get("tags", []))
-    for name in ("data_dir", "backbone", "regime", "epochs", "seeds", "device", "output_dir"):
+    for name in ("data_dir", "backbone", "regime", "epochs", "seeds", "device", "output_dir", "image_size"):
         assert f"\n{name} = " in f"\n{parameters.source}", name
     assert "check_parameter(" in code[code.index(parameters) + 1].source
+    assert 'check_parameter("image_size"' in code[code.index(parameters) + 1].source
     assert nb.metadata["i2m2kit"] == {"data_parameter": "data_dir", "data_subdir": "nlvr/nlvr1"}
     assert any("nbval-check-output" in c.metadata.get("tags", []) for c in code)
 
@@ -40,7 +42,7 @@ def test_default_run_reports_five_models_experts_and_a_modality_removed(default_
     assert not notebook_errors(default_run["notebook"])
     m = default_run["metrics"]
     assert m["splits"] == {"train": 256, "valid": 989, "test": 990}
-    assert m["backbone"] == "scratch" and m["regime"] == "joint"
+    assert m["backbone"] == "scratch" and m["regime"] == "joint" and m["dataset"] == "nlvr"
     assert m["renderer_agreement"]["valid"]["pixels_equal"] >= 0.99
     assert m["majority_baseline"]["test"] == pytest.approx(556 / 990)
     assert set(m["models"]) == MODELS
@@ -78,3 +80,25 @@ def test_run_reproduces_under_nbval(default_run):
     """nbval re-executes the copy with the same parameters and compares the checked cells:
     the renderer check, the splits and the five models' test accuracies."""
     assert_reproduces_under_nbval(default_run["notebook"])
+
+
+def test_nlvr2_run_on_a_miniature_folder_shows_image_pairs_and_five_models(shared_data, tmp_path):
+    """NLVR2: the notebook tells the data set from the folder, prepares it at image_size and
+    trains the five models with the pair encoder."""
+    root, _ = make_nlvr2(shared_data, tmp_path / "nlvr2")
+    result = run_notebook(NOTEBOOK, tmp_path / "run", {"data_dir": str(root), "backbone": "scratch", "image_size": 16,
+                                                       "epochs": 1, "seeds": [0], "n_train": 32}, progress=False)
+    assert not notebook_errors(result["notebook"])
+    m = result["metrics"]
+    assert m["dataset"] == "nlvr2" and m["image_size"] == 16 and "downsample" not in m
+    assert m["splits"] == {"train": 32, "valid": 24, "test": 24} and m["renderer_agreement"] == {}
+    assert set(m["models"]) == MODELS and all(0 <= v["accuracy"] <= 1 for v in m["models"].values())
+    assert {e["expert"] for e in m["experts"]} == {"image", "text", "joint"}
+    assert "i2m2, image" in m["missing_modality"]
+    nb = nbformat.read(result["notebook"], as_version=4)
+    printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    assert "renderer vs the published" not in printed and "images (2, 3, 16, 16)" in printed
+    examples = next(o for c in nb.cells if "pictures(\"test\", shown)" in c.source for o in c.outputs)
+    rows = examples["data"]["application/vnd.plotly.v1+json"]["layout"]["annotations"]
+    assert {"left", "right"} <= {a["text"] for a in rows}  # two panels per example
+    assert notebook_figures(result["notebook"]) == 6 + (m["joint_overrules"]["count"] > 0)

@@ -1,9 +1,11 @@
 """data_scripts/prepare_nlvr.py on the real NLVR (v1) files: the renderer against the published
-PNGs, the prepared folder against the JSON lines, and one-line errors for bad input."""
+PNGs, the prepared folder against the JSON lines, and one-line errors for bad input; and on a
+miniature NLVR2 folder (real JSON lines, tiny generated photographs: ``nlvr2_files``)."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -12,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import load_data_script
+from nlvr2_files import image_path, make_nlvr2
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +81,7 @@ def test_rendered_pictures_match_png_files_extracted_to_a_temporary_folder(prep,
 
 def test_prepared_folder_holds_every_example_with_its_label_and_image(built, raw):
     out, meta = built
-    assert meta["counts"] == {"train": 3525, "valid": 989, "test": 990}
+    assert meta["counts"] == {"train": 3525, "valid": 989, "test": 990} and meta["dataset"] == "nlvr"
     assert meta["partial_train"] and meta["source"]["train"]["file"] == "train_partial.json"
     for split, name in (("train", "train_partial.json"), ("valid", "dev.json"), ("test", "test.json")):
         source, prepared = lines(raw / name), lines(out / f"{split}.jsonl")
@@ -170,3 +173,102 @@ def test_command_line_refuses_an_existing_output_and_overwrites_on_request(prep,
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["metadata.json", *(f"{s}.jsonl" for s in ("train", "valid", "test")),
          *(f"{s}_images.npy" for s in ("train", "valid", "test"))])
+
+
+# ---------------------------------------------------------------------- NLVR2
+
+
+@pytest.fixture(scope="module")
+def nlvr2(shared_data, tmp_path_factory):
+    """A miniature NLVR2 folder (48 / 24 / 24 examples) and each identifier's (left, right) colours."""
+    return make_nlvr2(shared_data, tmp_path_factory.mktemp("nlvr2") / "raw")
+
+
+def test_nlvr2_is_detected_and_prepared_as_left_right_image_pairs(prep, nlvr2, tmp_path, capsys):
+    root, colours = nlvr2
+    out = tmp_path / "out"
+    args = ["--raw", str(root), "--out", str(out), "--image-size", "8", "--no-progress"]
+    assert prep.main(args) == 0  # --dataset auto: told from the first line of dev.json
+    assert "NLVR2, train 48, valid 24, test 24 examples" in capsys.readouterr().out
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["dataset"] == "nlvr2" and meta["renderer"] is None
+    assert meta["counts"] == {"train": 48, "valid": 24, "test": 24}
+    assert meta["skipped_missing_images"] == {"train": 0, "valid": 0, "test": 0}
+    assert meta["image"]["size"] == 8 and meta["image"]["pair"] is True
+    for split, name in (("train", "train.json"), ("valid", "dev.json"), ("test", "test1.json")):
+        source, prepared = lines(root / name), lines(out / f"{split}.jsonl")
+        assert [p["identifier"] for p in prepared] == [s["identifier"] for s in source]
+        assert [p["sentence"] for p in prepared] == [s["sentence"].strip() for s in source]
+        assert [p["label"] for p in prepared] == [int(s["label"] == "True") for s in source]
+        assert [p["directory"] for p in prepared] == [str(s.get("directory", "")) for s in source]
+        assert meta["true_fraction"][split] == pytest.approx(np.mean([p["label"] for p in prepared]))
+        images = np.load(out / f"{split}_images.npy")
+        assert images.shape == (len(source), 2, 8, 8, 3) and images.dtype == np.uint8
+        for p, pair in zip(prepared, images):  # left is img0, right img1: every pixel of its colour
+            left, right = colours[p["identifier"]]
+            assert (pair[0] == left).all() and (pair[1] == right).all(), p["identifier"]
+    assert any(p["directory"] for p in lines(out / "train.jsonl"))
+    # an existing output is refused, replaced on request
+    assert prep.main(args) == 2 and "already exists" in capsys.readouterr().err
+    assert prep.main(args + ["--overwrite", "--image-size", "4"]) == 0
+    assert np.load(out / "test_images.npy").shape == (24, 2, 4, 4, 3)
+
+
+def test_nlvr2_missing_image_is_named_or_skipped_on_request(prep, shared_data, tmp_path, capsys):
+    root, _ = make_nlvr2(shared_data, tmp_path / "raw", n=12, n_train=6)
+    dev = lines(root / "dev.json")
+    victim = dev[2]["identifier"]
+    pair = victim.rsplit("-", 1)[0]
+    image_path(root, victim, 1).unlink()
+    out = tmp_path / "out"
+    with pytest.raises(prep.PrepareError) as e:
+        prep.prepare(root, out, image_size=4, progress=False)
+    assert str(e.value).startswith(f"dev.json line 3 (identifier {victim}): no image "
+                                   f"{root / 'images' / 'dev' / f'{pair}-img1.png'}"), str(e.value)
+    assert not out.exists()
+    assert prep.main(["--raw", str(root), "--out", str(out), "--image-size", "4", "--no-progress", "--skip-missing"]) == 0
+    left_out = [x["identifier"] for x in dev if x["identifier"].rsplit("-", 1)[0] == pair]
+    assert f"{len(left_out)} examples left out for missing images" in capsys.readouterr().out
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["skipped_missing_images"] == {"train": 0, "valid": len(left_out), "test": 0}
+    assert meta["counts"]["valid"] == 12 - len(left_out)
+    kept = [x["identifier"] for x in lines(out / "valid.jsonl")]
+    assert kept == [x["identifier"] for x in dev if x["identifier"] not in left_out]
+    assert np.load(out / "valid_images.npy").shape == (len(kept), 2, 4, 4, 3)
+
+
+def test_nlvr2_truncated_image_is_named(prep, shared_data, tmp_path):
+    root, _ = make_nlvr2(shared_data, tmp_path / "raw", n=6, n_train=6)
+    broken = image_path(root, lines(root / "test1.json")[0]["identifier"], 0)
+    data = broken.read_bytes()
+    broken.write_bytes(data[:len(data) // 2])
+    with pytest.raises(prep.PrepareError, match=re.escape(f"{broken}: not a readable image")):
+        prep.prepare(root, tmp_path / "out", image_size=4, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"identifier": "dev-1-0-0", "sentence": "x", "label": "True"', "dev.json line 7: not valid JSON"),
+    ('{"identifier": "dev-1-0-0", "sentence": "x"}', "dev.json line 7: no field 'label'"),
+    ('{"identifier": "dev-1-0-0", "sentence": "x", "label": "Maybe"}', "dev.json line 7: field 'label': unknown label 'Maybe'"),
+    ('{"identifier": "dev-1-0-0", "sentence": "", "label": "True"}', "dev.json line 7: field 'sentence'"),
+])
+def test_nlvr2_bad_line_stops_with_one_line_naming_file_line_and_field(prep, shared_data, tmp_path, line, message):
+    root, _ = make_nlvr2(shared_data, tmp_path / "raw", n=6, n_train=6)
+    with open(root / "dev.json", "a") as f:
+        f.write(line + "\n")
+    with pytest.raises(prep.PrepareError) as e:
+        prep.prepare(root, tmp_path / "out", image_size=4, progress=False)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value), str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_nlvr2_missing_file_and_a_forced_dataset_are_named(prep, raw, nlvr2, tmp_path):
+    root, _ = nlvr2
+    with pytest.raises(prep.PrepareError, match="no test.json"):  # NLVR2 files read as v1
+        prep.prepare(root, tmp_path / "out", dataset="nlvr", progress=False)
+    with pytest.raises(prep.PrepareError, match=r"no train.json \(the NLVR2 train split\)"):  # v1 files as NLVR2
+        prep.prepare(raw, tmp_path / "out", dataset="nlvr2", progress=False)
+    assert prep.detect_dataset(root) == "nlvr2" and prep.detect_dataset(raw) == "nlvr"
+    with pytest.raises(prep.PrepareError, match="no such folder"):
+        prep.prepare(root, tmp_path / "out", images=tmp_path / "nowhere", progress=False)

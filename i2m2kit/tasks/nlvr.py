@@ -1,19 +1,24 @@
-"""NLVR (v1): is a sentence true of a picture of three boxes of shapes?
+"""NLVR (v1): is a sentence true of a picture of three boxes of shapes? NLVR2: of a pair of photographs?
 
 The prepared folder (``data_scripts/prepare_nlvr.py``: sentences, labels, and images rendered
-from the published structured worlds), and the experts (``vision_language``: a BERT-style
-text encoder, cross-attention or concatenation fusion, own encoders or one frozen shared
-backbone) with NLVR's image encoder:
+from the published structured worlds (v1) or read from the user's downloaded photograph
+pairs (NLVR2)), and the experts (``vision_language``: a BERT-style text encoder,
+cross-attention or concatenation fusion, own encoders or one frozen shared backbone) with
+the data set's image encoder:
 
 * ``image`` expert: a small CNN applied to each of the three boxes with shared weights, its
   cells becoming regions (coordinates are two extra input channels, so a region knows where
   in its box it lies). No region knows which box it is in: the label holds for every box
   order (the dataset publishes six orders per example), so the expert is built not to care.
+* NLVR2 ``image`` expert (``PairEncoder``): one small CNN applied to the left and the right
+  photograph with shared weights (the published NLVR2 setting: one image encoder for both),
+  the cells of both becoming regions, each with a learned left or right embedding added (the
+  sentences say "the left image", "the right image").
 
 Each expert ends in a 2-class head (``false``, ``true``).
 
     data = nlvr.load("data/nlvr")                        # splits train / valid (dev) / test
-    model = nlvr.build_model(data.text)
+    model = nlvr.build_model(data.text)                  # NLVR2: build_model(data.text, dataset=data.dataset)
     ik.fit(model, data.splits["train"], data.splits["valid"], **nlvr.recipe())
 """
 
@@ -48,22 +53,27 @@ BOXES, BOX, GAP = 3, 100, 50  # the published canvas: three 100-pixel boxes, 50-
 @dataclass
 class NLVRData:
     splits: dict[str, TensorData]  # inputs {"image": (N, 3, H, W) float in [0, 1], "text": (N, L) int64}
-    sentences: dict[str, list[str]]
+    sentences: dict[str, list[str]]  # NLVR2: "image" (N, 2, 3, S, S) uint8, left and right
     identifiers: dict[str, list[str]]
     text: TextSpec
     metadata: dict[str, Any]
+    dataset: str = "nlvr"  # "nlvr" (v1) or "nlvr2"
 
 
 def metadata(path: str | Path) -> dict[str, Any]:
     return read_metadata(path, f"python data_scripts/prepare_nlvr.py --raw DIR --out {path}")
 
 
-def read_split(path: str | Path, split: str) -> tuple[list[dict], np.ndarray]:
-    """The examples (identifier, sentence, label) and uint8 images (N, H, W, 3) of a split."""
+def read_split(path: str | Path, split: str, pair: bool = False) -> tuple[list[dict], np.ndarray]:
+    """The examples (identifier, sentence, label) and uint8 images (N, H, W, 3) of a split;
+    ``pair`` (NLVR2): image pairs (N, 2, S, S, 3), left and right."""
     path = Path(path)
     examples = [json.loads(line) for line in (path / f"{split}.jsonl").read_text(encoding="utf-8").splitlines() if line]
     images = np.load(path / f"{split}_images.npy", mmap_mode="r")
-    if len(images) != len(examples) or images.ndim != 4 or images.shape[-1] != 3:
+    if pair:
+        if len(images) != len(examples) or images.ndim != 5 or images.shape[1] != 2 or images.shape[-1] != 3:
+            raise ValueError(f"{path}: {split}_images.npy has shape {images.shape}, expected ({len(examples)}, 2, S, S, 3)")
+    elif len(images) != len(examples) or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"{path}: {split}_images.npy has shape {images.shape}, expected ({len(examples)}, H, W, 3)")
     return examples, images
 
@@ -74,34 +84,74 @@ def image_tensor(images: np.ndarray, factor: int) -> torch.Tensor:
     return F.avg_pool2d(x, factor) if factor > 1 else x
 
 
-def load(path: str | Path, text_model: str = "auto", downsample: int | None = None,
-         limit: dict[str, int] | int | None = None, max_len: int | None = None) -> NLVRData:
-    """The prepared splits as tensors.
+def pair_tensor(images: np.ndarray, factor: int, chunk: int = 1024) -> torch.Tensor:
+    """uint8 (N, 2, S, S, 3) -> uint8 (N, 2, 3, S / factor, S / factor), block-averaged.
 
-    ``downsample``: the images' size relative to the published 100 x 400 (default: as
+    Kept as uint8 (``GridEncoder`` takes it): a quarter of the memory of floats."""
+    n, _, size = images.shape[:3]
+    out = torch.empty((n, 2, 3, size // factor, size // factor), dtype=torch.uint8)
+    for start in range(0, n, chunk):  # a chunk at a time: the file may be larger than the floats fit
+        x = torch.from_numpy(np.array(images[start:start + chunk])).permute(0, 1, 4, 2, 3)
+        if factor > 1:
+            x = F.avg_pool2d(x.flatten(0, 1).float(), factor).add_(0.5).floor_().reshape(-1, 2, 3, *out.shape[-2:])
+        out[start:start + chunk] = x
+    return out
+
+
+def pair_factor(prepared: int, downsample: int | None, image_size: int | None) -> int:
+    """NLVR2: the block-averaging factor of ``downsample`` (a factor) or ``image_size`` (a size)."""
+    if downsample is not None and image_size is not None and downsample * image_size != prepared:
+        raise ValueError(f"downsample={downsample} and image_size={image_size} disagree (prepared size {prepared})")
+    if image_size is not None:
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1 or prepared % image_size:
+            raise ValueError(f"image_size={image_size}: must divide the prepared size {prepared}")
+        return prepared // image_size
+    factor = downsample or 1
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1 or prepared % factor:
+        raise ValueError(f"downsample={downsample}: for NLVR2 an integer factor that divides the prepared size {prepared}")
+    return factor
+
+
+def load(path: str | Path, text_model: str = "auto", downsample: int | None = None,
+         limit: dict[str, int] | int | None = None, max_len: int | None = None,
+         image_size: int | None = None) -> NLVRData:
+    """The prepared splits as tensors (NLVR v1 or NLVR2, as the folder's metadata says).
+
+    ``downsample``: v1: the images' size relative to the published 100 x 400 (default: as
     prepared); it must be a multiple of the prepared factor that keeps the box edges on whole
-    pixels (it divides 50). ``limit``: keep only the first examples of each split (an int for
+    pixels (it divides 50). NLVR2: an integer factor dividing the prepared size S (default 1),
+    or give the size itself as ``image_size`` (it must divide S); the pairs stay uint8,
+    ``(N, 2, 3, S', S')``. ``limit``: keep only the first examples of each split (an int for
     the training split, or a dict per split), for quick runs.
     """
     meta = metadata(path)
-    prepared = meta["image"]["downsample"]
-    downsample = downsample or prepared
-    if downsample % prepared or GAP % downsample:
-        raise ValueError(f"downsample={downsample}: must be a multiple of the prepared factor {prepared} "
-                         f"that divides {GAP} (box edges on whole pixels)")
+    dataset = meta.get("dataset", "nlvr")
+    if dataset == "nlvr2":
+        factor = pair_factor(meta["image"]["size"], downsample, image_size)
+        pictures = functools.partial(pair_tensor, factor=factor)
+    else:
+        if image_size is not None:
+            raise ValueError("image_size is for NLVR2; NLVR (v1) images are sized by downsample")
+        prepared = meta["image"]["downsample"]
+        downsample = downsample or prepared
+        if downsample % prepared or GAP % downsample:
+            raise ValueError(f"downsample={downsample}: must be a multiple of the prepared factor {prepared} "
+                             f"that divides {GAP} (box edges on whole pixels)")
+        pictures = functools.partial(image_tensor, factor=downsample // prepared)
     limits = {"train": limit} if isinstance(limit, int) else dict(limit or {})
     examples, images = {}, {}
     for split in SPLITS:
-        examples[split], images[split] = read_split(path, split)
+        examples[split], images[split] = read_split(path, split, pair=dataset == "nlvr2")
         n = limits.get(split)
         if n is not None:
             examples[split], images[split] = examples[split][:n], images[split][:n]
     sentences = {s: [x["sentence"] for x in e] for s, e in examples.items()}
     ids, spec = tokenize(sentences, text_model, max_len)
-    splits = {s: TensorData({"image": image_tensor(images[s], downsample // prepared), "text": ids[s]},
+    splits = {s: TensorData({"image": pictures(images[s]), "text": ids[s]},
                             torch.tensor([x["label"] for x in examples[s]], dtype=torch.int64))
               for s in SPLITS}
-    return NLVRData(splits, sentences, {s: [x["identifier"] for x in e] for s, e in examples.items()}, spec, meta)
+    return NLVRData(splits, sentences, {s: [x["identifier"] for x in e] for s, e in examples.items()}, spec, meta,
+                    dataset=dataset)
 
 
 def majority_baseline(data: NLVRData) -> dict[str, float]:
@@ -131,10 +181,38 @@ class BoxEncoder(nn.Module):
         return regions.reshape(b, -1, self.width), mask.reshape(b, -1)
 
 
+class PairEncoder(nn.Module):
+    """NLVR2: one ``GridEncoder`` run on the left and the right photograph (shared weights, as
+    the published NLVR2 models use one image encoder for both); the cells of both are the
+    regions, ``(B, 2 * cells, width)``, left first, each with a learned embedding of its side
+    added, so a region knows whether it is in the left or the right image."""
+
+    def __init__(self, width: int = 32, blocks: int = 3):
+        super().__init__()
+        self.grid = GridEncoder(width, blocks)
+        self.side = nn.Parameter(torch.randn(2, width) * 0.1)  # left, right
+        self.width = width
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if image.ndim != 5 or image.shape[1] != 2:
+            raise ValueError(f"PairEncoder expects image pairs (B, 2, 3, H, W), got {tuple(image.shape)}")
+        b = len(image)
+        regions, mask = self.grid(image.flatten(0, 1))  # (B * 2, cells, width)
+        regions = regions.reshape(b, 2, -1, self.width) + self.side[None, :, None, :]
+        return regions.reshape(b, -1, self.width), mask.reshape(b, -1)
+
+
+DATASETS = {"nlvr": BoxEncoder, "nlvr2": PairEncoder}
+
+
 def build_model(text: TextSpec, image_width: int = 32, text_width: int = 64, text_layers: int = 2,
-                fusion: str = "attention", hidden: int = 64, shared_backbone: bool = False) -> I2M2:
-    """I2M2 with experts ``image`` (boxes), ``text`` and ``joint``, each with 2 logits."""
-    return vision_language.build_model(functools.partial(BoxEncoder, image_width), text, len(CLASS_NAMES),
+                fusion: str = "attention", hidden: int = 64, shared_backbone: bool = False,
+                dataset: str = "nlvr") -> I2M2:
+    """I2M2 with experts ``image`` (v1: boxes; ``dataset="nlvr2"``: the image pair, e.g.
+    ``dataset=data.dataset``), ``text`` and ``joint``, each with 2 logits."""
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {tuple(DATASETS)}, got {dataset!r}")
+    return vision_language.build_model(functools.partial(DATASETS[dataset], image_width), text, len(CLASS_NAMES),
                                        text_width=text_width, text_layers=text_layers, fusion=fusion,
                                        hidden=hidden, shared_backbone=shared_backbone)
 
