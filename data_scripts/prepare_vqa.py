@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import json
 import math
 import re
@@ -72,7 +71,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from i2m2kit.io import atomic_path
+from i2m2kit.io import atomic_path, package_folder
 
 FORMAT_VERSION = 1
 DATASETS = ("easy-vqa", "vqa-v2")
@@ -134,14 +133,7 @@ def soft_scores(given: Counter, annotators: int, vocabulary: dict) -> dict:
 
 def easy_vqa_dir() -> Path | None:
     """The data folder of the installed ``easy-vqa`` package, or None (nothing is imported)."""
-    try:
-        spec = importlib.util.find_spec("easy_vqa")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    folder = Path(list(spec.submodule_search_locations)[0]) / "data"
-    return folder if folder.is_dir() else None
+    return package_folder("easy_vqa", "data", EASY_ANSWERS)
 
 
 def read_json(path: Path, raw: Path):
@@ -432,13 +424,10 @@ def prepare(raw: str | Path | None, out: str | Path, dataset: str = "auto", imag
     splits = {"train": train, "valid": valid, "test": test_part}
     paths = {split: image_rows(questions) for split, questions in splits.items()}
     for split, questions in splits.items():  # every image is there before anything is written
-        seen = set()
-        for q in questions:
-            if q["path"] not in seen:
-                seen.add(q["path"])
-                if not (raw / q["path"]).is_file():
-                    raise PrepareError(f"{q['path']}: no such image (needed by {q['where']}, "
-                                       f"question_id {q['question_id']})")
+        for path in paths[split]:
+            if not (raw / path).is_file():
+                q = next(q for q in questions if q["path"] == path)
+                raise PrepareError(f"{path}: no such image (needed by {q['where']}, question_id {q['question_id']})")
 
     percent = f"{valid_fraction:.0%}" if round(valid_fraction * 100, 9).is_integer() else f"{valid_fraction:g}"
     metadata = {

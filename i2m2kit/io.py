@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -36,6 +37,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, default=float))
+
+
+def package_folder(package: str, subfolder: str, holds: str) -> Path | None:
+    """A data folder shipped inside an installed package (weights, a data set), found without
+    importing the package, or None when the package or the folder's ``holds`` file is missing."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin is None:
+        return None
+    folder = Path(spec.origin).parent / subfolder
+    return folder if (folder / holds).is_file() else None
 
 
 def read_metadata(folder: str | os.PathLike, build: str) -> dict[str, Any]:

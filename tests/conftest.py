@@ -77,3 +77,17 @@ def notebook_figures(notebook) -> int:
 
     nb = nbformat.read(str(notebook), as_version=4)
     return sum("application/vnd.plotly.v1+json" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+
+
+def committed_notebook(notebook, parameters):
+    """A committed notebook, checked: no outputs, and a cell tagged ``parameters`` that sets
+    each of ``parameters``. Returns (notebook, its code cells, the parameters cell)."""
+    import nbformat
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs for c in code)
+    cell = next(c for c in code if "parameters" in c.metadata.get("tags", []))
+    for name in parameters:
+        assert f"\n{name} = " in f"\n{cell.source}", name
+    return nb, code, cell

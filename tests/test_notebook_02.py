@@ -5,7 +5,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import assert_reproduces_under_nbval, notebook_errors
+from conftest import assert_reproduces_under_nbval, committed_notebook, notebook_errors
 
 from i2m2kit.runner import run_notebook
 
@@ -23,12 +23,8 @@ def mortality(shared_data, tmp_path_factory):
 
 
 def test_committed_notebook_has_no_outputs_and_a_parameters_cell():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(not c.outputs for c in code)
-    parameters = next(c for c in code if "parameters" in c.metadata.get("tags", []))
-    for name in ("data_dir", "task", "epochs", "seeds", "device", "output_dir"):
-        assert f"\n{name} = " in f"\n{parameters.source}", name
+    nb, _, _ = committed_notebook(NOTEBOOK, (
+        "data_dir", "task", "epochs", "seeds", "device", "output_dir"))
     assert "no meaningful accuracy" in " ".join(c.source for c in nb.cells if c.cell_type == "markdown")
 
 

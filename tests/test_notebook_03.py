@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 import papermill
 import pytest
-from conftest import assert_reproduces_under_nbval
+from conftest import assert_reproduces_under_nbval, committed_notebook
 from fastmri_files import miniature_raw
 
 from i2m2kit.runner import data_parameters, run_notebook
@@ -28,12 +28,8 @@ def run03(shared_data, tmp_path_factory):
 
 
 def test_committed_notebook_has_no_outputs_and_declares_its_data():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(not c.outputs for c in code)
-    parameters = next(c for c in code if "parameters" in c.metadata.get("tags", []))
-    for name in ("data_dir", "annotations_dir", "label", "epochs", "seeds", "device", "output_dir"):
-        assert f"\n{name} = " in f"\n{parameters.source}", name
+    nb, _, parameters = committed_notebook(NOTEBOOK, (
+        "data_dir", "annotations_dir", "label", "epochs", "seeds", "device", "output_dir"))
     # the defaults are the published setting: PreAct-ResNet18 on 320 x 320 images
     assert "\nwidth = 64 " in parameters.source and "\ndownsample = 1 " in parameters.source
     need = nb.metadata["i2m2kit"]

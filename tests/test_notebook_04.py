@@ -4,9 +4,8 @@ with nbval."""
 
 from pathlib import Path
 
-import nbformat
 import pytest
-from conftest import assert_reproduces_under_nbval, notebook_errors, notebook_figures
+from conftest import assert_reproduces_under_nbval, committed_notebook, notebook_errors, notebook_figures
 from test_prepare_vqa import make_v2
 
 from i2m2kit.runner import run_notebook
@@ -26,12 +25,8 @@ def default_run(tmp_path_factory):
 
 
 def test_committed_notebook_has_no_outputs_and_a_parameters_cell():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(not c.outputs for c in code)
-    parameters = next(c for c in code if "parameters" in c.metadata.get("tags", []))
-    for name in ("dataset", "data_dir", "backbone", "regime", "epochs", "seeds", "device", "output_dir"):
-        assert f"\n{name} = " in f"\n{parameters.source}", name
+    nb, code, parameters = committed_notebook(NOTEBOOK, (
+        "dataset", "data_dir", "backbone", "regime", "epochs", "seeds", "device", "output_dir"))
     assert "check_parameter(" in code[code.index(parameters) + 1].source
     assert "i2m2kit" not in nb.metadata  # easy-VQA installs with the package: no data location to find
     assert sum("nbval-check-output" in c.metadata.get("tags", []) for c in code) == 2

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import assert_reproduces_under_nbval, notebook_errors, notebook_figures
+from conftest import assert_reproduces_under_nbval, committed_notebook, notebook_errors, notebook_figures
 from nlvr2_files import make_nlvr2
 
 from i2m2kit.runner import run_notebook
@@ -26,12 +26,8 @@ def default_run(shared_data, tmp_path_factory):
 
 
 def test_committed_notebook_has_no_outputs_and_a_parameters_cell():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(not c.outputs for c in code)
-    parameters = next(c for c in code if "parameters" in c.metadata.get("tags", []))
-    for name in ("data_dir", "backbone", "regime", "epochs", "seeds", "device", "output_dir", "image_size"):
-        assert f"\n{name} = " in f"\n{parameters.source}", name
+    nb, code, parameters = committed_notebook(NOTEBOOK, (
+        "data_dir", "backbone", "regime", "epochs", "seeds", "device", "output_dir", "image_size"))
     assert "check_parameter(" in code[code.index(parameters) + 1].source
     assert 'check_parameter("image_size"' in code[code.index(parameters) + 1].source
     assert nb.metadata["i2m2kit"] == {"data_parameter": "data_dir", "data_subdir": "nlvr/nlvr1"}

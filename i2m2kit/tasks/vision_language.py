@@ -29,7 +29,6 @@ and which of them are real (texts are padded). Two ways to build a model (``buil
 from __future__ import annotations
 
 import functools
-import importlib.util
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ import torch
 from torch import nn
 
 from ..experts import I2M2, Expert
+from ..io import package_folder
 
 MODALITIES = ("image", "text")
 TEXT_MODELS = ("auto", "scratch", "minilm")
@@ -55,11 +55,7 @@ def pretrained_text_dir() -> Path | None:
     """The folder of the packaged all-MiniLM-L6-v2 (weights, config, tokenizer), or None.
 
     Found without importing the package (whose import pulls sentence-transformers)."""
-    spec = importlib.util.find_spec(PRETRAINED_PACKAGE)
-    if spec is None or spec.origin is None:
-        return None
-    folder = Path(spec.origin).parent / "model"
-    return folder if (folder / "config.json").is_file() else None
+    return package_folder(PRETRAINED_PACKAGE, "model", "config.json")
 
 
 def resolve_text_model(text_model: str) -> str:

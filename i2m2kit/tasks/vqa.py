@@ -20,7 +20,6 @@ against the soft scores, the same loss for every model).
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..experts import I2M2
-from ..io import read_metadata
+from ..io import package_folder, read_metadata
 from ..metrics import vqa_score
 from ..train import TensorData
 from . import vision_language
@@ -42,11 +41,7 @@ SPLITS = ("train", "valid", "test")
 
 def easy_vqa_dir() -> Path | None:
     """The data folder of the installed ``easy-vqa`` package, or None."""
-    spec = importlib.util.find_spec("easy_vqa")
-    if spec is None or spec.origin is None:
-        return None
-    folder = Path(spec.origin).parent / "data"
-    return folder if (folder / "answers.txt").is_file() else None
+    return package_folder("easy_vqa", "data", "answers.txt")
 
 
 @dataclass
@@ -111,10 +106,11 @@ def load(path: str | Path, text_model: str = "auto", image_size: int | None = No
     for split in SPLITS:
         questions[split], pictures, scores = read_split(path, split, index, limits.get(split), prepared // image_size)
         splits[split] = (pictures, scores)
-    ids, spec = tokenize({s: [q["question"] for q in qs] for s, qs in questions.items()}, text_model, max_len)
+    texts = {s: [q["question"] for q in qs] for s, qs in questions.items()}
+    ids, spec = tokenize(texts, text_model, max_len)
     return VQAData(
         {s: TensorData({"image": pictures, "text": ids[s]}, scores) for s, (pictures, scores) in splits.items()},
-        {s: [q["question"] for q in qs] for s, qs in questions.items()},
+        texts,
         {s: [q["question_type"] for q in qs] for s, qs in questions.items()},
         {s: [q["answer_type"] for q in qs] for s, qs in questions.items()},
         answers, spec, meta)
