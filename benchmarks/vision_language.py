@@ -4,10 +4,13 @@ Trains every model (uni:image, uni:text, intra, inter, I2M2) with ``vision_langu
 experts, selects each run's epoch on the validation split and reports the test metric (mean
 and std over seeds): the VQA score on VQA (easy-VQA by default), accuracy on NLVR (v1,
 trained on the training examples at hand: 3,525 of the published ~75,000 with
-``train_partial.json``, selected on dev). Then I2M2 with a modality removed. Prepares the
-data first unless the prepared folder exists.
+``train_partial.json``, selected on dev). Then I2M2 with a modality removed, and on VQA-VS the
+score of every model on each out-of-distribution test set. Prepares the data first unless the
+prepared folder exists.
 
     python benchmarks/vision_language.py vqa --prepared data/vqa --seeds 0 1 2
+    python benchmarks/vision_language.py vqa --dataset vqa-vs --raw VQA-VS --images COCO --prepared data/vqa-vs \
+        --regime frozen_backbone --image-size 64
     python benchmarks/vision_language.py nlvr --raw ../shared/data/nlvr/nlvr1 --prepared data/nlvr --seeds 0 1 2
 """
 
@@ -25,7 +28,8 @@ def load(args):
     """(data, build_model, recipe, metric, baseline on test) for the task."""
     shared = args.regime == "frozen_backbone"
     if args.task == "vqa":
-        prepare_data("vqa", args.raw or vqa.easy_vqa_dir(), args.prepared, args=("--dataset", args.dataset))
+        images = ("--images", args.images) if args.images else ()
+        prepare_data("vqa", args.raw or vqa.easy_vqa_dir(), args.prepared, args=("--dataset", args.dataset, "--min-answer-count", str(args.min_answer_count), *images))
         data = vqa.load(args.prepared, args.backbone, image_size=args.image_size, limit=args.n_train)
         return (data, lambda: vqa.build_model(data, fusion=args.fusion, shared_backbone=shared),
                 vqa.recipe(args.epochs, args.regime, args.lr), "vqa_score", ("prior", vqa.prior_baseline(data)["test"]))
@@ -40,7 +44,9 @@ def main() -> None:
     parser.add_argument("task", choices=["vqa", "nlvr"])
     parser.add_argument("--raw", help="raw files (default: the installed easy-VQA; ../shared/data/nlvr/nlvr1)")
     parser.add_argument("--prepared", help="prepared folder, made if missing (default data/<task>)")
-    parser.add_argument("--dataset", default="auto", choices=["auto", "easy-vqa", "vqa-v2"], help="VQA only")
+    parser.add_argument("--dataset", default="auto", choices=["auto", "easy-vqa", "vqa-v2", "vqa-vs"], help="VQA only")
+    parser.add_argument("--images", help="VQA v2 / VQA-VS: the folder of COCO's train2014/, val2014/ (default --raw)")
+    parser.add_argument("--min-answer-count", type=int, default=9, help="VQA v2 / VQA-VS: answer candidates seen this often")
     parser.add_argument("--image-size", type=int, default=32, help="VQA: pictures averaged down to this size")
     parser.add_argument("--downsample", type=int, default=5, choices=[1, 2, 5, 10], help="NLVR: image size 1/d")
     parser.add_argument("--backbone", default="auto", choices=vision_language.TEXT_MODELS)
@@ -73,8 +79,17 @@ def main() -> None:
           f"test {len(data.splits['test'])}; seeds {args.seeds}, {args.epochs} epochs, {seconds:.0f} s")
     print(format_table(rows, [("model", "model"), (metric, f"test {metric}"), (f"{metric}_std", "std"),
                               ("best_epoch", "best epoch (mean)")]))
+    ood = {}
+    if args.task == "vqa" and data.metadata.get("ood_sets"):  # VQA-VS: the mean over seeds per test set
+        for name in trained[0]:
+            per_seed = [vqa.ood_scores(ik.predict(models[name], data.splits["test"], device=args.device).probs, data)
+                        for models in trained]
+            ood[name] = {s: sum(r[s] for r in per_seed) / len(per_seed) for s in per_seed[0]}
+        sets = list(ood["i2m2"])
+        print("test VQA score in distribution (IID) and on each out-of-distribution set, mean over seeds:")
+        print(format_table([{"model": m, **per} for m, per in ood.items()], [("model", "model")] + [(s, s) for s in sets]))
     if args.out:
-        write_json_atomic({"args": vars(args), "rows": rows, "seconds": seconds}, args.out)
+        write_json_atomic({"args": vars(args), "rows": rows, "ood": ood, "seconds": seconds}, args.out)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Build a visual-question-answering data set for I2M2: questions, soft answer scores and images.
 
-Two inputs, told apart by the files in ``--raw`` (or forced with ``--dataset``):
+Three inputs, told apart by the files in ``--raw`` (or forced with ``--dataset``):
 
 * easy-VQA (github.com/vzhou842/easy-VQA; the ``easy-vqa`` package ships it, and ``--raw``
   defaults to the installed copy): ``answers.txt`` (13 answers, one a line),
@@ -31,11 +31,28 @@ Two inputs, told apart by the files in ``--raw`` (or forced with ``--dataset``):
   decoded at a reduced scale first where that still leaves at least the asked size) to
   ``--image-size`` squares, the whole picture (aspect ratio not kept), RGB, bilinear.
 
-Splits (the same for both): ``train`` is the published training split less its validation
-part; ``valid`` is the last ``--valid-fraction`` (default 0.1) of the training split's
-images, by sorted image id, with all their questions (image-disjoint from train,
-deterministic); ``test`` is easy-VQA's test split / VQA v2's val2014. ``--limit N`` keeps the
-first N questions of each published split (quick runs).
+* VQA-VS (github.com/PhoebusSi/VQA-VS), VQA v2's questions re-split to test shortcut
+  learning, as downloaded and unpacked: ``Training/Training-{Ques,Ans}.json``,
+  ``Val/Val-{Ques,Ans}.json``, ``IID-Test/IID-Test-{Ques,Ans}.json`` (JSON lists: questions
+  ``{question_id, image_id, question}``, annotations as VQA v2's, ``question_type``
+  optional) and, when supplied, the nine out-of-distribution test sets
+  ``OOD-Test/<S>/OOD-Test-<S>-Ques.json`` for S in QT, KW, KWP, QT+KW, KO, KOP, QT+KO, KW+KO,
+  QT+KW+KO (question-type, keyword and key-object shortcuts and their combinations). Each OOD
+  set is a subset of the IID test set: a test question is written once, with the OOD sets
+  that hold it (``ood``). The pictures are COCO's, from train2014 or val2014 (looked up in
+  both, under ``--images``). Answers are normalised and scored as for VQA v2; the vocabulary
+  is counted over the training split by default (``--vocab-from train``, as the benchmark's
+  own preprocessing does).
+
+``--images DIR`` is the folder holding the pictures (``train2014/``, ``val2014/``; default
+``--raw``).
+
+Splits: ``train`` is the published training split less its validation part; ``valid`` is
+the last ``--valid-fraction`` (default 0.1) of the training split's images, by sorted image
+id, with all their questions (image-disjoint from train, deterministic); ``test`` is
+easy-VQA's test split / VQA v2's val2014. VQA-VS has its own: Training, Val, IID-Test
+(``--valid-fraction`` unused). ``--limit N`` keeps the first N questions of each published
+split (quick runs; OOD questions beyond it are left out).
 
 Any malformed JSON, missing field, unknown answer, question without its annotation, or
 missing or unreadable image stops the run with one line naming the file, the entry and the
@@ -46,7 +63,8 @@ Output (``--out``, a folder written atomically; an existing one only with ``--ov
                                         in the split's image array), image_id, question_type,
                                         answer_type, answer (normalised, kept even when outside
                                         the vocabulary), answers ({answer: score > 0}, vocabulary
-                                        answers only; may be empty)
+                                        answers only; may be empty); VQA-VS test: ood (the
+                                        out-of-distribution sets holding the question)
   train_images.npy, ...                 (n_images, S, S, 3) uint8, one row per distinct image
                                         of the split, in order of first use
   metadata.json                         vocabulary (position = column), counts, parameters,
@@ -54,6 +72,7 @@ Output (``--out``, a folder written atomically; an existing one only with ``--ov
 
     python data_scripts/prepare_vqa.py --out data/vqa                       # easy-VQA, installed
     python data_scripts/prepare_vqa.py --raw ~/vqa2 --out data/vqa2 --image-size 64
+    python data_scripts/prepare_vqa.py --raw ~/VQA-VS --images ~/coco --out data/vqa-vs
 """
 
 from __future__ import annotations
@@ -74,7 +93,7 @@ from tqdm.auto import tqdm
 from i2m2kit.io import atomic_path, package_folder
 
 FORMAT_VERSION = 1
-DATASETS = ("easy-vqa", "vqa-v2")
+DATASETS = ("easy-vqa", "vqa-v2", "vqa-vs")
 SPLITS = ("train", "valid", "test")
 VOCAB_FROM = ("train+val", "train")
 IMAGE_SIZE, VALID_FRACTION, MIN_ANSWER_COUNT = 64, 0.1, 9
@@ -93,6 +112,17 @@ V2 = {
     "val2014": ("v2_OpenEnded_mscoco_val2014_questions.json", "v2_mscoco_val2014_annotations.json",
                 "val2014", "COCO_val2014_{:012d}.jpg"),
 }
+COCO = [(folder, pattern) for _, _, folder, pattern in V2.values()]  # where a COCO picture may be
+
+# VQA-VS: our split -> its files (+ "-Ques.json", "-Ans.json"); its out-of-distribution test sets
+VS = {"train": "Training/Training", "valid": "Val/Val", "test": "IID-Test/IID-Test"}
+VS_OOD = ("QT", "KW", "KWP", "QT+KW", "KO", "KOP", "QT+KO", "KW+KO", "QT+KW+KO")
+
+
+def vs_ood_file(name: str) -> str:
+    return f"OOD-Test/{name}/OOD-Test-{name}-Ques.json"
+
+
 NUMBER_WORDS = {w: str(i) for i, w in enumerate(
     ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"))}
 ARTICLES = frozenset(("a", "an", "the"))
@@ -172,9 +202,11 @@ def detect(raw: Path) -> str:
         return "easy-vqa"
     if any((raw / name).is_file() for files in V2.values() for name in files[:2]):
         return "vqa-v2"
+    if (raw / f"{VS['train']}-Ques.json").is_file():
+        return "vqa-vs"
     v2 = ", ".join(name for files in V2.values() for name in files[:2])
-    raise PrepareError(f"{raw}: neither layout recognised: expected {EASY_ANSWERS} and train/questions.json "
-                       f"(easy-VQA) or {v2} (VQA v2)")
+    raise PrepareError(f"{raw}: no layout recognised: expected {EASY_ANSWERS} and train/questions.json "
+                       f"(easy-VQA), {v2} (VQA v2) or {VS['train']}-Ques.json (VQA-VS)")
 
 
 def require(raw: Path, names: Sequence[str], dataset: str) -> None:
@@ -237,30 +269,28 @@ def read_easy_vqa(raw: Path, limit: int | None) -> tuple[dict, list[str], dict]:
     return published, answers, sources
 
 
-def read_v2_split(raw: Path, split: str, limit: int | None, progress: bool) -> list[dict]:
-    """The questions of one published VQA v2 split, joined with their annotations; ``answers`` holds
-    the normalised annotators' answers (a Counter) and ``annotators`` their number, for now."""
-    qname, aname, folder, pattern = V2[split]
-    qdata, adata = read_json(raw / qname, raw), read_json(raw / aname, raw)
-    for name, data, key in ((qname, qdata, "questions"), (aname, adata, "annotations")):
-        if not isinstance(data, dict) or not isinstance(data.get(key), list):
-            raise PrepareError(f"{name}: expected a JSON object with a {key!r} list")
+def join_annotations(questions: list, qwhere: str, annotations: list, awhere: str, limit: int | None,
+                     progress: bool, image_path, desc: str) -> list[dict]:
+    """VQA v2-style questions (the first ``limit``) joined with their annotations; ``answers``
+    holds the normalised annotators' answers (a Counter) and ``annotators`` their number, for
+    now. ``qwhere``/``awhere`` name the lists in messages; ``image_path(image_id)`` is the
+    picture's path under the images folder."""
+    aname = awhere.split(" ")[0]
     index = {}
-    for i, annotation in enumerate(adata["annotations"]):
-        where = f"{aname} annotations[{i}]"
+    for i, annotation in enumerate(annotations):
+        where = f"{awhere}[{i}]"
         if not isinstance(annotation, dict):
             raise PrepareError(f"{where}: expected an object, got {type(annotation).__name__}")
         if "question_id" not in annotation:
             raise PrepareError(f"{where}: no field 'question_id'")
         qid = str(annotation["question_id"])
         if qid in index:
-            raise PrepareError(f"{where}: question_id {qid} annotated twice (also annotations[{index[qid][0]}])")
+            raise PrepareError(f"{where}: question_id {qid} annotated twice (also {awhere}[{index[qid][0]}])")
         index[qid] = (i, annotation)
 
-    questions = []
-    entries = qdata["questions"][:limit]
-    for i, entry in enumerate(tqdm(entries, desc=f"{split} questions", disable=not progress, mininterval=1)):
-        where = f"{qname} questions[{i}]"
+    joined = []
+    for i, entry in enumerate(tqdm(questions[:limit], desc=desc, disable=not progress, mininterval=1)):
+        where = f"{qwhere}[{i}]"
         if not isinstance(entry, dict):
             raise PrepareError(f"{where}: expected an object, got {type(entry).__name__}")
         for key in ("image_id", "question", "question_id"):
@@ -275,12 +305,12 @@ def read_v2_split(raw: Path, split: str, limit: int | None, progress: bool) -> l
         if qid not in index:
             raise PrepareError(f"{aname}: no annotation for question_id {qid} ({where})")
         a, annotation = index[qid]
-        at = f"{aname} annotations[{a}] (question_id {qid})"
-        for key in ("question_type", "answer_type", "multiple_choice_answer", "answers"):
+        at = f"{awhere}[{a}] (question_id {qid})"
+        for key in ("answer_type", "multiple_choice_answer", "answers"):
             if key not in annotation:
                 raise PrepareError(f"{at}: no field {key!r}")
         for key in ("question_type", "answer_type", "multiple_choice_answer"):
-            if not isinstance(annotation[key], str):
+            if key in annotation and not isinstance(annotation[key], str):
                 raise PrepareError(f"{at}: field {key!r}: expected a string, got {annotation[key]!r}")
         if "image_id" in annotation and annotation["image_id"] != image_id:
             raise PrepareError(f"{at}: field 'image_id': {annotation['image_id']!r}, but {where} has {image_id}")
@@ -295,20 +325,75 @@ def read_v2_split(raw: Path, split: str, limit: int | None, progress: bool) -> l
             normalised = normalize_answer(answer["answer"])
             if normalised:
                 counts[normalised] += 1
-        questions.append({"question_id": qid, "question": text, "image_id": image_id,
-                          "question_type": annotation["question_type"].strip(),
-                          "answer_type": annotation["answer_type"].strip(),
-                          "answer": normalize_answer(annotation["multiple_choice_answer"]),
-                          "answers": counts, "annotators": len(given),
-                          "path": f"{folder}/{pattern.format(image_id)}", "where": where})
-    return questions
+        joined.append({"question_id": qid, "question": text, "image_id": image_id,
+                       "question_type": annotation.get("question_type", "unknown").strip(),
+                       "answer_type": annotation["answer_type"].strip(),
+                       "answer": normalize_answer(annotation["multiple_choice_answer"]),
+                       "answers": counts, "annotators": len(given),
+                       "path": image_path(image_id), "where": where})
+    return joined
 
 
 def read_vqa_v2(raw: Path, limit: int | None, progress: bool) -> tuple[dict, dict]:
+    """{published split: [question]} and the source files."""
     names = [name for files in V2.values() for name in files[:2]]
     require(raw, names, "VQA v2")
-    published = {split: read_v2_split(raw, split, limit, progress) for split in V2}
+    published = {}
+    for split, (qname, aname, folder, pattern) in V2.items():
+        qdata, adata = read_json(raw / qname, raw), read_json(raw / aname, raw)
+        for name, data, key in ((qname, qdata, "questions"), (aname, adata, "annotations")):
+            if not isinstance(data, dict) or not isinstance(data.get(key), list):
+                raise PrepareError(f"{name}: expected a JSON object with a {key!r} list")
+        published[split] = join_annotations(qdata["questions"], f"{qname} questions", adata["annotations"],
+                                             f"{aname} annotations", limit, progress,
+                                             lambda i, f=folder, p=pattern: f"{f}/{p.format(i)}", f"{split} questions")
     return published, {n: (raw / n).stat().st_size for n in names}
+
+
+def read_vqa_vs(raw: Path, images: Path, limit: int | None, progress: bool) -> tuple[dict, dict, dict]:
+    """{our split: [question]}, the source files, and {OOD set: questions} (test questions get
+    ``ood``, the out-of-distribution sets holding them)."""
+    names = [f"{prefix}-{kind}.json" for prefix in VS.values() for kind in ("Ques", "Ans")]
+    require(raw, names, "VQA-VS")
+
+    @functools.lru_cache(maxsize=None)
+    def coco_path(image_id: int) -> str:
+        candidates = [f"{folder}/{pattern.format(image_id)}" for folder, pattern in COCO]
+        return next((c for c in candidates if (images / c).is_file()), " or ".join(candidates))
+
+    published = {}
+    for split, prefix in VS.items():
+        lists = {}
+        for kind in ("Ques", "Ans"):
+            name = f"{prefix}-{kind}.json"
+            lists[kind] = read_json(raw / name, raw)
+            if not isinstance(lists[kind], list):
+                raise PrepareError(f"{name}: expected a JSON list of objects, got {type(lists[kind]).__name__}")
+        published[split] = join_annotations(lists["Ques"], f"{prefix}-Ques.json", lists["Ans"], f"{prefix}-Ans.json",
+                                            limit, progress, coco_path, f"{split} questions")
+    test = {q["question_id"]: q for q in published["test"]}
+    for q in test.values():
+        q["ood"] = []
+    ood = {}
+    for name in VS_OOD:
+        file = vs_ood_file(name)
+        if not (raw / file).is_file():
+            continue
+        entries = read_json(raw / file, raw)
+        if not isinstance(entries, list):
+            raise PrepareError(f"{file}: expected a JSON list of objects, got {type(entries).__name__}")
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict) or "question_id" not in entry:
+                raise PrepareError(f"{file}[{i}]: no field 'question_id'")
+            q = test.get(str(entry["question_id"]))
+            if q is not None:
+                q["ood"].append(name)
+            elif limit is None:  # with --limit, the OOD questions beyond it are left out
+                raise PrepareError(f"{file}[{i}]: question_id {entry['question_id']} is not in the IID test set "
+                                   f"({VS['test']}-Ques.json)")
+        ood[name] = sum(name in q["ood"] for q in test.values())
+        names.append(file)
+    return published, {n: (raw / n).stat().st_size for n in names}, ood
 
 
 def hold_out(questions: list[dict], fraction: float, source: str) -> tuple[list[dict], list[dict]]:
@@ -363,10 +448,11 @@ def _remove_new_folders(folders: list[Path]) -> None:
 
 def prepare(raw: str | Path | None, out: str | Path, dataset: str = "auto", image_size: int = IMAGE_SIZE,
             valid_fraction: float = VALID_FRACTION, min_answer_count: int = MIN_ANSWER_COUNT,
-            vocab_from: str = "train+val", limit: int | None = None, overwrite: bool = False,
-            progress: bool = True) -> dict:
-    """Read the VQA data set in ``raw`` (default: the installed easy-VQA), write the prepared folder
-    ``out``; return its metadata."""
+            vocab_from: str | None = None, limit: int | None = None, overwrite: bool = False,
+            progress: bool = True, images: str | Path | None = None) -> dict:
+    """Read the VQA data set in ``raw`` (default: the installed easy-VQA; pictures under ``images``,
+    default ``raw``), write the prepared folder ``out``; return its metadata. ``vocab_from``
+    None: "train" for VQA-VS (its own preprocessing), "train+val" for VQA v2."""
     out = Path(out)
     if dataset not in ("auto", *DATASETS):
         raise PrepareError(f"dataset (--dataset) must be one of auto, {', '.join(DATASETS)}, got {dataset!r}")
@@ -377,7 +463,7 @@ def prepare(raw: str | Path | None, out: str | Path, dataset: str = "auto", imag
     if isinstance(min_answer_count, bool) or not isinstance(min_answer_count, int) or min_answer_count < 1:
         raise PrepareError(f"min_answer_count (--min-answer-count) must be an integer of at least 1, "
                            f"got {min_answer_count!r}")
-    if vocab_from not in VOCAB_FROM:
+    if vocab_from not in (None, *VOCAB_FROM):
         raise PrepareError(f"vocab_from (--vocab-from) must be one of {', '.join(VOCAB_FROM)}, got {vocab_from!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise PrepareError(f"limit (--limit) must be a positive integer, got {limit!r}")
@@ -390,8 +476,13 @@ def prepare(raw: str | Path | None, out: str | Path, dataset: str = "auto", imag
     raw = Path(raw)
     if not raw.is_dir():
         raise PrepareError(f"{raw}: no such folder")
+    images = Path(images) if images is not None else raw
+    if not images.is_dir():
+        raise PrepareError(f"{images}: no such folder (--images)")
     if dataset == "auto":
         dataset = detect(raw)
+    vocab_from = vocab_from or ("train" if dataset == "vqa-vs" else "train+val")
+    ood = {}
 
     if dataset == "easy-vqa":
         published, vocabulary, sources = read_easy_vqa(raw, limit)
@@ -403,33 +494,51 @@ def prepare(raw: str | Path | None, out: str | Path, dataset: str = "auto", imag
         published_names = {"train": "easy-VQA train split (train/questions.json)",
                            "test": "easy-VQA test split (test/questions.json)"}
     else:
-        published, sources = read_vqa_v2(raw, limit, progress)
-        train_part, test_part = published["train2014"], published["val2014"]
-        train, valid = hold_out(train_part, valid_fraction, V2["train2014"][0])
-        counted = train if vocab_from == "train" else train_part + test_part
+        if dataset == "vqa-v2":
+            published, sources = read_vqa_v2(raw, limit, progress)
+            train_part, test_part = published["train2014"], published["val2014"]
+            train, valid = hold_out(train_part, valid_fraction, V2["train2014"][0])
+            train_and_val = train_part + test_part  # VQA v2's "train+val": train2014 + val2014
+            images_from = "train2014/COCO_train2014_%012d.jpg, val2014/COCO_val2014_%012d.jpg"
+            published_names = {"train": "VQA v2 train2014 split", "test": "VQA v2 val2014 split"}
+        else:
+            published, sources, ood = read_vqa_vs(raw, images, limit, progress)
+            train, valid, test_part = published["train"], published["valid"], published["test"]
+            train_and_val = train + valid
+            images_from = "COCO: train2014/COCO_train2014_%012d.jpg or val2014/COCO_val2014_%012d.jpg"
+        counted = train if vocab_from == "train" else train_and_val
         frequency = Counter(q["answer"] for q in counted if q["answer"])
         vocabulary = [a for a, n in sorted(frequency.items(), key=lambda x: (-x[1], x[0])) if n >= min_answer_count]
         if not vocabulary:
             raise PrepareError(f"min_answer_count (--min-answer-count) {min_answer_count}: no answer is that frequent "
                                f"over {vocab_from}")
         positions = {a: i for i, a in enumerate(vocabulary)}
-        for q in train_part + test_part:
+        for q in train + valid + test_part:
             q["answers"] = soft_scores(q["answers"], q.pop("annotators"), positions)
         vocab_source, min_count = vocab_from, min_answer_count
         scores = ("VQA accuracy of each normalised vocabulary answer: the mean over the leave-one-annotator-out "
                   "subsets of min(1, matches / 3) (10 annotators: 1, 2, 3, 4+ matches score 0.3, 0.6, 0.9, 1.0)")
-        images_from = "train2014/COCO_train2014_%012d.jpg, val2014/COCO_val2014_%012d.jpg"
-        published_names = {"train": "VQA v2 train2014 split", "test": "VQA v2 val2014 split"}
 
     splits = {"train": train, "valid": valid, "test": test_part}
     paths = {split: image_rows(questions) for split, questions in splits.items()}
     for split, questions in splits.items():  # every image is there before anything is written
         for path in paths[split]:
-            if not (raw / path).is_file():
+            if not (images / path).is_file():
                 q = next(q for q in questions if q["path"] == path)
                 raise PrepareError(f"{path}: no such image (needed by {q['where']}, question_id {q['question_id']})")
 
     percent = f"{valid_fraction:.0%}" if round(valid_fraction * 100, 9).is_integer() else f"{valid_fraction:g}"
+    if dataset == "vqa-vs":
+        valid_fraction = None
+        split_text = {s: f"the published VQA-VS {prefix.split('/')[0]} split ({prefix}-Ques.json)"
+                      for s, prefix in VS.items()}
+    else:
+        split_text = {
+            "train": f"the published {published_names['train']} less its validation images",
+            "valid": f"the last {percent} of the images of the published {published_names['train']}, by sorted "
+                     f"image id, with all their questions (image-disjoint from train)",
+            "test": f"the published {published_names['test']}",
+        }
     metadata = {
         "format_version": FORMAT_VERSION,
         "dataset": dataset,
@@ -444,12 +553,8 @@ def prepare(raw: str | Path | None, out: str | Path, dataset: str = "auto", imag
         "limit": limit,
         "source": {"files": sources, "images": images_from},
         "scores": scores,
-        "splits": {
-            "train": f"the published {published_names['train']} less its validation images",
-            "valid": f"the last {percent} of the images of the published {published_names['train']}, by sorted "
-                     f"image id, with all their questions (image-disjoint from train)",
-            "test": f"the published {published_names['test']}",
-        },
+        "splits": split_text,
+        "ood_sets": ood,  # VQA-VS: {out-of-distribution test set: questions}, subsets of the test split
         "out_of_vocabulary": {s: (sum(not q["answers"] for q in qs) / len(qs) if qs else 0.0)
                               for s, qs in splits.items()},
     }
@@ -462,7 +567,7 @@ def prepare(raw: str | Path | None, out: str | Path, dataset: str = "auto", imag
                 array = np.lib.format.open_memmap(tmp / f"{split}_images.npy", mode="w+", dtype=np.uint8,
                                                   shape=(len(paths[split]), image_size, image_size, 3))
                 for row, path in enumerate(tqdm(paths[split], desc=f"{split} images", disable=not progress)):
-                    array[row] = load_image(raw / path, image_size, path)
+                    array[row] = load_image(images / path, image_size, path)
                 array.flush()
                 del array
                 with open(tmp / f"{split}.jsonl", "w", encoding="utf-8") as f:
@@ -470,7 +575,8 @@ def prepare(raw: str | Path | None, out: str | Path, dataset: str = "auto", imag
                         f.write(json.dumps({
                             "question_id": q["question_id"], "question": q["question"], "image": q["image"],
                             "image_id": str(q["image_id"]), "question_type": q["question_type"],
-                            "answer_type": q["answer_type"], "answer": q["answer"], "answers": q["answers"]}) + "\n")
+                            "answer_type": q["answer_type"], "answer": q["answer"], "answers": q["answers"],
+                            **({"ood": q["ood"]} if "ood" in q else {})}) + "\n")
             (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2))
     except BaseException:
         _remove_new_folders(new_folders)
@@ -482,7 +588,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--raw", type=Path, default=None,
-                        help="folder of easy-VQA or VQA v2 (default: the installed easy-vqa package's data)")
+                        help="folder of easy-VQA, VQA v2 or VQA-VS (default: the installed easy-vqa package's data)")
+    parser.add_argument("--images", type=Path, default=None,
+                        help="folder of the pictures (VQA v2, VQA-VS: holding train2014/ and val2014/; default --raw)")
     parser.add_argument("--out", required=True, type=Path, help="folder to write the prepared data to")
     parser.add_argument("--dataset", choices=("auto", *DATASETS), default="auto",
                         help="which layout --raw holds (default: detected from its files)")
@@ -493,8 +601,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min-answer-count", type=int, default=MIN_ANSWER_COUNT,
                         help=f"VQA v2: keep answers given as the multiple-choice answer at least this often "
                              f"(default {MIN_ANSWER_COUNT})")
-    parser.add_argument("--vocab-from", choices=VOCAB_FROM, default="train+val",
-                        help="VQA v2: count answers over train2014 + val2014 (default) or the training split only")
+    parser.add_argument("--vocab-from", choices=VOCAB_FROM, default=None,
+                        help="count answers over the training and validation splits (VQA v2: train2014 + val2014; "
+                             "its default) or the training split only (VQA-VS's default)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N questions of each published split")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -503,14 +612,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta = prepare(args.raw, args.out, dataset=args.dataset, image_size=args.image_size,
                        valid_fraction=args.valid_fraction, min_answer_count=args.min_answer_count,
                        vocab_from=args.vocab_from, limit=args.limit, overwrite=args.overwrite,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, images=args.images)
     except PrepareError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     counts = ", ".join(f"{s} {c['questions']:,} questions / {c['images']:,} images" for s, c in meta["counts"].items())
     oov = ", ".join(f"{s} {f:.1%}" for s, f in meta["out_of_vocabulary"].items())
+    ood = (f"; out-of-distribution test sets: {', '.join(f'{s} {n:,}' for s, n in meta['ood_sets'].items())}"
+           if meta["ood_sets"] else "")
     print(f"wrote {args.out} ({meta['dataset']}): {counts}; {len(meta['answers']):,} answers; "
-          f"{meta['image']['size']} x {meta['image']['size']} images; no scored answer: {oov}")
+          f"{meta['image']['size']} x {meta['image']['size']} images; no scored answer: {oov}{ood}")
     return 0
 
 

@@ -1,12 +1,12 @@
 """Notebook 04 (VQA) run headless with papermill at test size: on the real easy-VQA data (the
-installed package) and on a miniature VQA v2 folder in the published layout; then re-checked
-with nbval."""
+installed package) and on a miniature VQA-VS folder in the published layout (its JSON lists,
+out-of-distribution sets and COCO pictures); then re-checked with nbval."""
 
 from pathlib import Path
 
 import pytest
 from conftest import assert_reproduces_under_nbval, committed_notebook, notebook_errors, notebook_figures
-from test_prepare_vqa import make_v2
+from test_prepare_vqa import make_vs
 
 from i2m2kit.runner import run_notebook
 
@@ -55,17 +55,23 @@ def test_default_run_reports_five_models_question_types_experts_and_a_modality_r
     assert Path(default_run["notebook"]).stat().st_size < 2_000_000
 
 
-def test_vqa_v2_layout_runs_with_a_frozen_shared_backbone(tmp_path):
-    """The same notebook on VQA v2 files (a miniature in the published layout: JSON and JPEGs),
-    with the published regime: one frozen backbone, three trained heads."""
-    raw = make_v2(tmp_path / "raw")
+def test_vqa_vs_runs_the_published_setting_and_scores_the_ood_sets(tmp_path):
+    """The paper's setting on VQA-VS files (a miniature in the published layout, pictures in a
+    separate COCO folder): one frozen backbone, three trained heads; the in-distribution and
+    out-of-distribution VQA scores of every model."""
+    raw, coco = make_vs(tmp_path / "vqa-vs", tmp_path / "coco")
     result = run_notebook(NOTEBOOK, tmp_path / "out", {
-        **TINY, "dataset": "vqa-v2", "data_dir": str(raw), "min_answer_count": 2, "regime": "frozen_backbone",
-        "fusion": "concat", "n_train": None, "n_test": None}, progress=False)
+        **TINY, "dataset": "vqa-vs", "data_dir": str(raw), "images_dir": str(coco), "min_answer_count": 1,
+        "regime": "frozen_backbone", "fusion": "concat", "n_train": None, "n_test": None}, progress=False)
     assert not notebook_errors(result["notebook"])
     m = result["metrics"]
-    assert m["dataset"] == "vqa-v2" and m["regime"] == "frozen_backbone" and set(m["models"]) == MODELS
-    assert sum(m["splits"].values()) == 12
+    assert m["dataset"] == "vqa-vs" and m["regime"] == "frozen_backbone" and set(m["models"]) == MODELS
+    assert m["splits"] == {"train": 6, "valid": 2, "test": 5}
+    assert set(m["ood"]) == MODELS
+    for model, scores in m["ood"].items():
+        assert list(scores) == ["IID", "QT", "KO", "KW+KO", "OOD mean"]
+        assert scores["IID"] == pytest.approx(m["models"][model]["vqa_score"])
+        assert scores["OOD mean"] == pytest.approx((scores["QT"] + scores["KO"] + scores["KW+KO"]) / 3)
 
 
 def test_bad_parameter_is_named(tmp_path):
@@ -73,8 +79,10 @@ def test_bad_parameter_is_named(tmp_path):
 
     with pytest.raises(papermill.PapermillExecutionError, match="parameter dataset='coco'"):
         run_notebook(NOTEBOOK, tmp_path, {"dataset": "coco"}, progress=False)
-    with pytest.raises(papermill.PapermillExecutionError, match="parameter data_dir=None"):
+    with pytest.raises(papermill.PapermillExecutionError, match="parameter data_dir=None: dataset='vqa-v2'"):
         run_notebook(NOTEBOOK, tmp_path, {"dataset": "vqa-v2"}, progress=False)
+    with pytest.raises(papermill.PapermillExecutionError, match="parameter images_dir=3"):
+        run_notebook(NOTEBOOK, tmp_path, {"dataset": "vqa-vs", "images_dir": 3}, progress=False)
 
 
 def test_run_reproduces_under_nbval(default_run):

@@ -288,6 +288,57 @@ def test_v2_vocabulary_from_the_training_split_only(prep, tmp_path):
                                                                                                          "3": 0.6}
 
 
+# ---------------------------------------------------------------------- VQA-VS, a miniature
+
+VS_SPLITS = {"Training/Training": V2_TRAIN[:6], "Val/Val": V2_TRAIN[6:],  # 17, 18: Val
+             "IID-Test/IID-Test": V2_VAL + [(25, 7, "What animal is here?", "cat", ["cat"] * 10)]}  # 7: a train2014 picture
+VS_OOD = {"QT": [21, 22], "KO": [24], "KW+KO": [22]}  # OOD sets are subsets of IID-Test
+
+
+def make_vs(root: Path, coco: Path) -> tuple[Path, Path]:
+    """A VQA-VS folder in the published layout (JSON lists; ``question_type`` left out of one
+    annotation), its OOD question files, and a COCO folder with the pictures (``make_v2``'s)."""
+    make_v2(coco)
+    for prefix, rows in VS_SPLITS.items():
+        (root / prefix).parent.mkdir(parents=True)
+        (root / f"{prefix}-Ques.json").write_text(json.dumps(
+            [{"image_id": i, "question": q, "question_id": qid} for qid, i, q, _, _ in rows]))
+        annotations = [{"question_id": qid, "image_id": i, "question_type": " ".join(q.lower().split()[:2]),
+                        "answer_type": "other", "multiple_choice_answer": mc,
+                        "answers": [{"answer": a, "answer_id": k + 1} for k, a in enumerate(answers)]}
+                       for qid, i, q, mc, answers in rows]
+        annotations[0].pop("question_type")
+        (root / f"{prefix}-Ans.json").write_text(json.dumps(annotations[::-1]))
+    questions = {qid: {"image_id": i, "question": q, "question_id": qid} for qid, i, q, _, _ in VS_SPLITS["IID-Test/IID-Test"]}
+    for name, ids in VS_OOD.items():
+        (root / "OOD-Test" / name).mkdir(parents=True)
+        (root / "OOD-Test" / name / f"OOD-Test-{name}-Ques.json").write_text(json.dumps([questions[i] for i in ids]))
+    return root, coco
+
+
+def test_vs_splits_vocabulary_ood_sets_and_pictures_from_either_coco_folder(prep, tmp_path, capsys):
+    raw, coco = make_vs(tmp_path / "vqa-vs", tmp_path / "coco")
+    out = tmp_path / "out"
+    assert prep.main(["--raw", str(raw), "--images", str(coco), "--out", str(out), "--image-size", "8",
+                      "--min-answer-count", "1", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "(vqa-vs)" in printed and "out-of-distribution test sets: QT 2, KO 1, KW+KO 1" in printed
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["dataset"] == "vqa-vs" and meta["vocab_from"] == "train" and meta["valid_fraction"] is None
+    assert meta["answers"] == ["2", "3", "cat", "dog", "no", "yes"]  # the Training split's multiple-choice answers
+    assert meta["ood_sets"] == {"QT": 2, "KO": 1, "KW+KO": 1}
+    assert {s: c["questions"] for s, c in meta["counts"].items()} == {"train": 6, "valid": 2, "test": 5}
+    test = {q["question_id"]: q for q in lines(out / "test.jsonl")}
+    assert {qid: q["ood"] for qid, q in test.items()} == {"21": ["QT"], "22": ["QT", "KW+KO"], "23": [], "24": ["KO"],
+                                                         "25": []}
+    assert test["22"]["answers"] == {"2": 1.0} and test["25"]["answers"] == {"cat": 1.0}
+    assert test["21"]["question_type"] == "unknown" and test["23"]["question_type"] == "what animal?"
+    assert "ood" not in lines(out / "train.jsonl")[0]
+    pictures = np.load(out / "test_images.npy")
+    for q in test.values():  # 101, 102 from val2014, 7 from train2014
+        assert np.abs(pictures[q["image"]].reshape(-1, 3).mean(0) - colour(int(q["image_id"]))).max() < 4
+
+
 # ---------------------------------------------------------------------- bad input
 
 
@@ -350,6 +401,11 @@ def drop_field(question_id: int, field: str, key: str = "question_id"):
     return lambda entries: next(e for e in entries if e[key] == question_id).pop(field)
 
 
+def add_ood_question(name: str, question_id: int):
+    return append_question(f"OOD-Test/{name}/OOD-Test-{name}-Ques.json",
+                           {"image_id": 101, "question": "Is there a cat?", "question_id": question_id})
+
+
 TQ, TA = "v2_OpenEnded_mscoco_train2014_questions.json", "v2_mscoco_train2014_annotations.json"
 VA = "v2_mscoco_val2014_annotations.json"
 BAD = {  # id: (data set, change to the raw folder, prepare's arguments, what the message must say)
@@ -376,9 +432,9 @@ BAD = {  # id: (data set, change to the raw folder, prepare's arguments, what th
     "easy truncated image": ("easy", truncate("test/images/3.png"), {}, "test/images/3.png: not a readable image ("),
     "easy no test split": ("easy", delete("test/questions.json"), {},
                            "not a complete easy-VQA folder: no test/questions.json"),
-    "neither layout": ("easy", lambda raw: [shutil.rmtree(raw), raw.mkdir()], {},
-                       "neither layout recognised: expected answers.txt and train/questions.json (easy-VQA) or "
-                       "v2_OpenEnded_mscoco_train2014_questions.json"),
+    "no layout": ("easy", lambda raw: [shutil.rmtree(raw), raw.mkdir()], {},
+                  "no layout recognised: expected answers.txt and train/questions.json (easy-VQA), "
+                  "v2_OpenEnded_mscoco_train2014_questions.json"),
     "no folder": ("easy", shutil.rmtree, {}, ": no such folder"),
     "v2 json": ("v2", write(VA, '{"annotations": [}'), {}, f"{VA}: not valid JSON (Expecting value at line 1"),
     "v2 no annotation": ("v2", edit_v2(TA, "annotations", drop_annotation(13)), {},
@@ -393,6 +449,19 @@ BAD = {  # id: (data set, change to the raw folder, prepare's arguments, what th
     "v2 truncated image": ("v2", truncate("train2014/COCO_train2014_000000000030.jpg"), {},
                            "train2014/COCO_train2014_000000000030.jpg: not a readable image ("),
     "v2 missing file": ("v2", delete(VA), {}, f"not a complete VQA v2 folder: no {VA}"),
+    "vs ood question not in test": ("vs", add_ood_question("QT", 99), {},
+                                    "OOD-Test/QT/OOD-Test-QT-Ques.json[{}]: question_id 99 is not in the IID test set "
+                                    "(IID-Test/IID-Test-Ques.json)"),
+    "vs missing picture": ("vs", lambda raw: (raw.parent / "coco/val2014/COCO_val2014_000000000102.jpg").unlink(), {},
+                           "train2014/COCO_train2014_000000000102.jpg or val2014/COCO_val2014_000000000102.jpg: no such "
+                           "image (needed by IID-Test/IID-Test-Ques.json[1], question_id 22)"),
+    "vs not a list": ("vs", write("Val/Val-Ans.json", '{"annotations": []}'), {},
+                      "Val/Val-Ans.json: expected a JSON list of objects, got dict"),
+    "vs no annotation": ("vs", write("Val/Val-Ans.json", "[]"), {},
+                         "Val/Val-Ans.json: no annotation for question_id 17 (Val/Val-Ques.json[0])"),
+    "vs missing file": ("vs", delete("IID-Test/IID-Test-Ans.json"), {},
+                        "not a complete VQA-VS folder: no IID-Test/IID-Test-Ans.json"),
+    "no pictures folder": ("vs", None, {"images": "/nonexistent/coco"}, "/nonexistent/coco: no such folder (--images)"),
     "image size": ("easy", None, {"image_size": 4}, "image_size (--image-size) must be an integer of at least 8, got 4"),
     "valid fraction 0": ("easy", None, {"valid_fraction": 0.0}, "valid_fraction (--valid-fraction) must be in (0, 1)"),
     "valid fraction 1": ("easy", None, {"valid_fraction": 1.0}, "valid_fraction (--valid-fraction) must be in (0, 1)"),
@@ -408,6 +477,9 @@ def test_bad_input_stops_with_one_line_and_writes_nothing(prep, small_easy_templ
     raw = tmp_path / "raw"
     if dataset == "easy":
         shutil.copytree(small_easy_template, raw)
+    elif dataset == "vs":
+        make_vs(raw, tmp_path / "coco")
+        kwargs = {"images": tmp_path / "coco", "min_answer_count": 1, **kwargs}
     else:
         make_v2(raw)
         kwargs = {"valid_fraction": 0.34, "min_answer_count": 2, **kwargs}

@@ -99,3 +99,22 @@ def test_i2m2_learns_easy_vqa_well_above_the_prior_and_the_question_alone(data):
                                                      data.splits["test"].targets))["vqa_score"]
     assert i2m2 > prior + 0.15
     assert i2m2 > question_only + 0.02  # the question alone knows much (see notebook 04)
+
+
+def test_vqa_vs_ood_sets_are_scored_on_their_own_questions(tmp_path):
+    """VQA-VS: each out-of-distribution set scored on the test questions it holds, and their mean."""
+    from test_prepare_vqa import make_vs
+
+    raw, coco = make_vs(tmp_path / "vqa-vs", tmp_path / "coco")
+    load_data_script("prepare_vqa").prepare(raw, tmp_path / "out", images=coco, image_size=8, min_answer_count=1,
+                                            progress=False)
+    data = vqa.load(tmp_path / "out", text_model="scratch")
+    assert data.ood == [["QT"], ["QT", "KW+KO"], [], ["KO"], []]  # test questions 21, 22, 23, 24, 25
+    scores = data.splits["test"].targets
+    probs = torch.zeros_like(scores)
+    probs[:, data.answers.index("2")] = 1  # always "2": right on question 22 only
+    assert vqa.score_by_group(probs, scores, data.ood) == {"QT": 0.5, "KW+KO": 1.0, "KO": 0.0}
+    assert vqa.ood_scores(probs, data) == {"IID": pytest.approx(0.2), "QT": 0.5, "KO": 0.0, "KW+KO": 1.0,
+                                           "OOD mean": pytest.approx(0.5)}
+    easy_like = vqa.VQAData(**{**data.__dict__, "metadata": {**data.metadata, "ood_sets": {}}})
+    assert vqa.ood_scores(probs, easy_like) == {}

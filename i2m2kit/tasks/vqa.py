@@ -1,7 +1,7 @@
 """Visual question answering: an answer from a picture and a question, with soft targets.
 
 The prepared folder (``data_scripts/prepare_vqa.py``: easy-VQA from its package, or VQA v2
-from its JSON files and COCO images) holds questions, the pictures they ask about, and for
+or VQA-VS from their JSON files and COCO images) holds questions, the pictures they ask about, and for
 each question a soft score per candidate answer (VQA v2: how many of the ten annotators gave
 it, 0.3 per annotator up to 1; easy-VQA: 1 for its one answer). The model answers with its
 most probable answer and is scored by that answer's soft score (the VQA score).
@@ -51,6 +51,7 @@ class VQAData:
     question_types: dict[str, list[str]]
     answer_types: dict[str, list[str]]
     answers: list[str]  # the candidate answers; position = column of the scores
+    ood: list[list[str]]  # VQA-VS: the out-of-distribution sets holding each test question (else empty lists)
     text: TextSpec
     metadata: dict[str, Any]
 
@@ -113,7 +114,7 @@ def load(path: str | Path, text_model: str = "auto", image_size: int | None = No
         texts,
         {s: [q["question_type"] for q in qs] for s, qs in questions.items()},
         {s: [q["answer_type"] for q in qs] for s, qs in questions.items()},
-        answers, spec, meta)
+        answers, [q.get("ood", []) for q in questions["test"]], spec, meta)
 
 
 def prior_baseline(data: VQAData) -> dict[str, float]:
@@ -123,10 +124,30 @@ def prior_baseline(data: VQAData) -> dict[str, float]:
 
 
 def score_by_group(probs: torch.Tensor | np.ndarray, scores: torch.Tensor | np.ndarray,
-                   groups: list[str]) -> dict[str, float]:
-    """The VQA score within each group of questions (question or answer type)."""
-    probs, scores, groups = np.asarray(probs), np.asarray(scores), np.asarray(groups)
-    return {g: vqa_score(probs[groups == g], scores[groups == g]) for g in dict.fromkeys(groups.tolist())}
+                   groups: list[str] | list[list[str]]) -> dict[str, float]:
+    """The VQA score within each group of questions (question or answer type). A question may
+    be in several groups, given as a list (VQA-VS's out-of-distribution sets), or in none."""
+    members: dict[str, list[int]] = {}
+    for i, group in enumerate(groups):
+        for name in [group] if isinstance(group, str) else group:
+            members.setdefault(name, []).append(i)
+    probs, scores = np.asarray(probs), np.asarray(scores)
+    return {g: vqa_score(probs[rows], scores[rows]) for g, rows in members.items()}
+
+
+def ood_scores(probs: torch.Tensor | np.ndarray, data: VQAData) -> dict[str, float]:
+    """VQA-VS: the test VQA score on the whole in-distribution test set ("IID"), on each
+    out-of-distribution set (the test questions where a shortcut learnt in training, such as the
+    question type or a key object, points to a wrong answer) and their mean ("OOD mean", the
+    benchmark's summary). Empty when the data has no such sets."""
+    sets = list(data.metadata.get("ood_sets") or {})
+    if not sets:
+        return {}
+    scores = data.splits["test"].targets
+    per_set = score_by_group(probs, scores, data.ood)
+    found = [s for s in sets if s in per_set]  # a set may be empty in a --limit build
+    return {"IID": vqa_score(np.asarray(probs), np.asarray(scores)), **{s: per_set[s] for s in found},
+            "OOD mean": float(np.mean([per_set[s] for s in found])) if found else float("nan")}
 
 
 def build_model(data: VQAData, image_width: int = 32, image_blocks: int = 3, text_width: int = 64,
