@@ -19,6 +19,7 @@ On a GPU the data lives on the GPU.
 """
 
 import argparse
+import functools
 import time
 
 import numpy as np
@@ -39,12 +40,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--regimes", nargs="*", default=["pretrain_finetune", "joint"])
     parser.add_argument("--batch-size", type=int, default=40)
+    parser.add_argument("--channels", type=int, default=3, help="width of the uni-modal LeNets (published: 3)")
+    parser.add_argument("--joint-channels", type=int, default=6, help="width of the joint expert's LeNets (published: 6)")
+    parser.add_argument("--fusion", default="concat", choices=avmnist.FUSIONS)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--timing-only", action="store_true")
     parser.add_argument("--out", help="also write the accuracy rows to this JSON file")
     parser.add_argument("--skip-timing", action="store_true", help="only the comparison of the five models")
     args = parser.parse_args()
     device = ik.resolve_device(args.device)
+    build = functools.partial(avmnist.build_model, channels=args.channels, joint_channels=args.joint_channels,
+                              fusion=args.fusion)
 
     started = time.perf_counter()
     data = avmnist.load(args.data, limit=args.limit)
@@ -56,7 +62,7 @@ def main() -> None:
 
     if not args.skip_timing:
         torch.manual_seed(0)
-        report_epoch_cost(avmnist.build_model(), data["train"], args.batch_size, device)
+        report_epoch_cost(build(), data["train"], args.batch_size, device)
     if args.timing_only:
         return
 
@@ -66,7 +72,7 @@ def main() -> None:
         recipe = {**avmnist.published_recipe(args.epochs, regime), "batch_size": args.batch_size, "device": device}
         started = time.perf_counter()
         for seed in args.seeds:
-            rows = ik.compare_models(avmnist.build_model, data["train"], data["valid"], data["test"], seed=seed, **recipe)
+            rows = ik.compare_models(build, data["train"], data["valid"], data["test"], seed=seed, **recipe)
             runs += [(regime, seed, r["model"], 100 * r["accuracy"]) for r in rows]
             print(f"{regime}, seed {seed}: " + ", ".join(f"{r['model']} {100 * r['accuracy']:.2f}" for r in rows), flush=True)
             if args.out:

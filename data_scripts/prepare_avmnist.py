@@ -70,7 +70,7 @@ import sklearn
 from sklearn.decomposition import PCA
 from tqdm.auto import tqdm
 
-from i2m2kit.io import atomic_path
+from i2m2kit.io import atomic_path, output_folder_problem
 
 FORMAT_VERSION = 1
 RATE = 8000  # FSDD's sample rate; the noise is resampled to it
@@ -584,8 +584,12 @@ def prepare(raw: str | os.PathLike, out: str | os.PathLike, *, seed: int = 0, n_
     the first images of each MNIST split (a subset for quick runs).
     """
     raw, out = Path(raw), Path(out)
-    if out.exists() and not overwrite:
-        raise PrepareError(f"{out}: output folder exists (pass --overwrite to replace it)")
+    if problem := output_folder_problem(out, overwrite, [raw / "mnist", raw / "fsdd", raw / "esc50"]):
+        raise PrepareError(problem)
+    if seed < 0:  # numpy's generators refuse it, but only after the slow steps
+        raise PrepareError(f"seed must be a non-negative integer, got {seed}")
+    if not math.isfinite(snr_db):  # NaN would mix silently into garbage spectrograms
+        raise PrepareError(f"snr_db must be a finite number of dB, got {snr_db}")
     if download_missing:
         download(raw, mirror or os.environ.get(MIRROR_ENV), progress)
 

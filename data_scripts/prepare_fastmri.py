@@ -70,7 +70,7 @@ from numpy.lib.format import open_memmap
 from sklearn.utils.class_weight import compute_class_weight
 from tqdm.auto import tqdm
 
-from i2m2kit.io import atomic_path
+from i2m2kit.io import atomic_path, output_folder_problem
 
 FORMAT_VERSION = 1
 KSPACE_SHAPE = (640, 400)  # the published zero-filled k-space grid
@@ -296,8 +296,10 @@ def prepare(raw: str | Path, annotations: str | Path, out: str | Path, seed: int
     if dtype not in DTYPES or abnormal not in ABNORMAL or on_error not in ("stop", "skip"):
         raise ValueError(f"dtype in {DTYPES}, abnormal in {ABNORMAL}, on_error in ('stop', 'skip'); "
                          f"got {dtype!r}, {abnormal!r}, {on_error!r}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise PrepareError(f"{out} already exists; pass --overwrite (overwrite=True) to replace it")
+    if problem := output_folder_problem(out, overwrite, [raw, annotations]):
+        raise PrepareError(problem)
+    if seed < 0:  # numpy's generator refuses it, but only after every volume is read
+        raise PrepareError(f"seed must be a non-negative integer, got {seed}")
     notes = read_annotations(Path(annotations), abnormal)
     files = raw_volumes(raw)
     reviewed = sorted(v for v in files if v in notes["reviewed"])

@@ -76,6 +76,7 @@ import json
 import math
 import re
 import sys
+import zlib
 from array import array
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -86,7 +87,7 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from i2m2kit.io import atomic_path
+from i2m2kit.io import atomic_path, output_folder_problem
 
 FORMAT_VERSION = 1
 HOURS = 24  # length of the series
@@ -258,7 +259,10 @@ class Table:
         with open(self.path, "rb") as raw:
             stream = gzip.open(raw) if self.path.name.endswith(".gz") else raw
             with io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline="") as text:
-                yield text, raw
+                try:
+                    yield text, raw
+                except (OSError, EOFError, zlib.error) as e:  # not gzip, or cut short
+                    raise PrepareError(f"{self.path.name}: cannot read table {self.name} ({e})") from None
 
     def rows(self, progress: bool = False) -> Iterator[tuple[int, list[str]]]:
         """(line number, fields) for every data row; a progress bar over the file's bytes."""
@@ -697,8 +701,8 @@ def icd9_labels(cohort: list[Admission]) -> np.ndarray:
 def prepare(raw: str | Path, out: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
     """Read the tables in ``raw``, write ``mimic.npz`` and ``metadata.json`` to ``out``; return the metadata."""
     raw, out = Path(raw), Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise PrepareError(f"{out} already exists; pass --overwrite (overwrite=True) to replace it")
+    if problem := output_folder_problem(out, overwrite, [raw]):
+        raise PrepareError(problem)
     tables = open_tables(raw)
     candidates, counts = read_cohort(tables, progress)
     events, span, dropped = read_events(tables, candidates, progress)

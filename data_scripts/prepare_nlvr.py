@@ -72,7 +72,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from i2m2kit.io import atomic_path
+from i2m2kit.io import atomic_path, output_folder_problem
 
 FORMAT_VERSION = 1
 HEIGHT, WIDTH, BOX, GAP = 100, 400, 100, 50  # the published canvas: three 100 x 100 boxes, 50-pixel bars
@@ -199,11 +199,16 @@ def checked_lines(path: Path, fields: Sequence[str], published: tuple[str, str])
     """(where, line number, example, label 0/1) for each line of an NLVR or NLVR2 JSON file,
     its ``fields``, non-empty sentence and label (``published``: how the file spells false
     and true; any case is accepted) checked."""
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    seen: dict[str, int] = {}  # identifier -> line: a repeated one means files run together
+    with open(path, "rb") as f:  # bytes, decoded line by line: a non-UTF-8 line is named
+        for number, data in enumerate(f, start=1):
+            where = f"{path.name} line {number}"
+            try:
+                line = data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise PrepareError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start + 1})") from None
             if not line.strip():
                 continue
-            where = f"{path.name} line {number}"
             try:
                 example = json.loads(line)
             except json.JSONDecodeError as e:
@@ -219,6 +224,10 @@ def checked_lines(path: Path, fields: Sequence[str], published: tuple[str, str])
             if not isinstance(label, str) or label.lower() not in LABELS:
                 raise PrepareError(f"{where}: field 'label': unknown label {label!r} "
                                    f"(expected {published[1]!r} or {published[0]!r})")
+            identifier = str(example.get("identifier"))
+            if identifier in seen:
+                raise PrepareError(f"{where}: identifier {identifier!r} is also on line {seen[identifier]}")
+            seen[identifier] = number
             yield where, number, example, LABELS[label.lower()]
 
 
@@ -248,7 +257,8 @@ class PublishedImages:
             self.tar = tarfile.open(path)
             self.members = {m.name.lstrip("./"): m for m in self.tar.getmembers() if m.isfile()}
         except (tarfile.TarError, OSError) as e:
-            raise PrepareError(f"{path.name}: not a readable tar archive ({e})") from None
+            reason = " ".join(str(e).split())  # tarfile lists one reason a line
+            raise PrepareError(f"{path.name}: not a readable tar archive ({reason})") from None
 
     def image(self, split: str, example: dict, source: Path) -> np.ndarray:
         from PIL import Image
@@ -285,8 +295,8 @@ def prepare(raw: str | Path, out: str | Path, downsample_factor: int = 2, check_
         return prepare_nlvr2(raw, out, images, image_size, skip_missing, overwrite, progress)
     if downsample_factor not in DOWNSAMPLES:
         raise PrepareError(f"downsample must be one of {DOWNSAMPLES} (box edges on whole pixels), got {downsample_factor}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise PrepareError(f"{out} already exists; pass --overwrite (overwrite=True) to replace it")
+    if problem := output_folder_problem(out, overwrite, [raw]):
+        raise PrepareError(problem)
     if not raw.is_dir():
         raise PrepareError(f"{raw}: no such folder")
     files = {split: split_file(raw, split) for split in SPLITS}
@@ -350,7 +360,7 @@ def detect_dataset(raw: Path) -> str:
     dev = Path(raw) / "dev.json"
     if not dev.is_file():
         return "nlvr"
-    with open(dev, encoding="utf-8") as f:
+    with open(dev, encoding="utf-8", errors="replace") as f:  # only a guess: the checks name bad bytes
         first = next((line for line in f if line.strip()), "")
     try:
         example = json.loads(first)
@@ -413,8 +423,9 @@ def prepare_nlvr2(raw: Path, out: Path, images: str | Path | None = None, image_
     raw, out = Path(raw), Path(out)
     if isinstance(image_size, bool) or not isinstance(image_size, int) or not 4 <= image_size <= 1024:
         raise PrepareError(f"image size must be an integer in [4, 1024], got {image_size!r}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise PrepareError(f"{out} already exists; pass --overwrite (overwrite=True) to replace it")
+    images = Path(images) if images is not None else raw / "images"
+    if problem := output_folder_problem(out, overwrite, [raw, images]):
+        raise PrepareError(problem)
     if not raw.is_dir():
         raise PrepareError(f"{raw}: no such folder")
     files = {}
@@ -422,7 +433,6 @@ def prepare_nlvr2(raw: Path, out: Path, images: str | Path | None = None, image_
         if not (raw / name).is_file():
             raise PrepareError(f"{raw}: no {name} (the NLVR2 {split} split)")
         files[split] = raw / name
-    images = Path(images) if images is not None else raw / "images"
     if not images.is_dir():
         raise PrepareError(f"{images}: no such folder (the NLVR2 photographs: images/train/<directory>/"
                            f"<pair>-img0.png, images/dev/..., images/test1/...)")

@@ -61,6 +61,15 @@ def unregistered_tensors(net: nn.Module):
                     yield ".".join(filter(None, [module_name, attr, str(key)]))
 
 
+def describe(x) -> str:
+    """Shape and dtype of an input (tensors, or tuples of them), for error messages."""
+    if isinstance(x, torch.Tensor):
+        return f"{tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}"
+    if isinstance(x, tuple):
+        return "(" + ", ".join(map(describe, x)) + ")"
+    return type(x).__name__
+
+
 class Expert(nn.Module):
     """A network and the modalities it reads.
 
@@ -94,10 +103,11 @@ class Expert(nn.Module):
             return self.net(*(inputs[m] for m in self.reads))
         except torch.cuda.OutOfMemoryError:
             raise
-        except RuntimeError as e:  # a shape mismatch deep in the network: say which input it was
-            shapes = ", ".join(f"{m} {tuple(inputs[m].shape)}" for m in self.reads)
-            raise ValueError(f"expert reading {', '.join(self.reads)} failed on inputs of shape {shapes} "
-                             f"(batch first): {str(e).splitlines()[0]}") from e
+        except (RuntimeError, TypeError) as e:  # a shape, dtype or type mismatch deep in the network
+            shapes = ", ".join(f"{m} {describe(inputs[m])}" for m in self.reads)
+            error = ValueError if isinstance(e, RuntimeError) else TypeError
+            raise error(f"expert reading {', '.join(self.reads)} failed on inputs of shape {shapes} "
+                        f"(batch first): {str(e).splitlines()[0]}") from e
 
     def extra_repr(self) -> str:
         return f"reads={self.reads}"
@@ -162,6 +172,8 @@ class I2M2(nn.Module):
         self.modalities = tuple(modalities)
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> Output:
+        if not isinstance(inputs, Mapping):
+            raise TypeError(f"the model takes a dict {{modality: tensor}}, got {type(inputs).__name__}")
         unknown = sorted(set(inputs) - set(self.modalities))
         if unknown:
             raise KeyError(
@@ -198,7 +210,19 @@ class I2M2(nn.Module):
         nearly all scoring 0, would shrink the gradient by their number).
         """
         if self.head == "multiclass":
+            k = logits.shape[-1]
+            if target.shape == logits.shape[:1] and not target.is_floating_point():
+                # torch says "out of bounds"; on a GPU (not checked here: a host sync every step) a device assert
+                outside = target[(target < 0) | (target >= k)] if target.device.type == "cpu" else ()
+                if len(outside):
+                    raise ValueError(f"target class {int(outside[0])} is outside 0..{k - 1}: the model has {k} classes")
+            elif target.shape != logits.shape or not target.is_floating_point():
+                raise ValueError(f"multiclass targets must be class indices (integers, shape {tuple(logits.shape[:1])}) "
+                                 f"or probabilities (floats, shape {tuple(logits.shape)}); got {describe(target)}")
             return F.cross_entropy(logits, target, weight=weight)
+        if target.shape != logits.shape:
+            raise ValueError(f"{self.head} targets must have the logits' shape {tuple(logits.shape)}, "
+                             f"got {describe(target)}")
         bce = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), pos_weight=weight)
         return bce * logits.shape[-1] if self.head == "answers" else bce
 

@@ -9,7 +9,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
+
+import numpy as np
 
 
 @contextlib.contextmanager
@@ -58,3 +60,38 @@ def read_metadata(folder: str | os.PathLike, build: str) -> dict[str, Any]:
     if not file.is_file():
         raise FileNotFoundError(f"{file}: not found; build the prepared folder with '{build}'")
     return json.loads(file.read_text())
+
+
+def output_folder_problem(out: str | os.PathLike, overwrite: bool, inputs: Iterable[str | os.PathLike] = ()) -> str | None:
+    """Why a data script must not write the folder ``out`` (None if it may): a file is there,
+    ``out`` is or holds one of the ``inputs`` (replacing it would delete them), or it holds
+    earlier results and ``overwrite`` is not given."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        return f"{out}: is a file; --out names the output folder"
+    for given in inputs:
+        if out.resolve() in (Path(given).resolve(), *Path(given).resolve().parents):
+            return f"{out}: --out is or holds the input {given}, which writing the output would delete"
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        return f"{out} already exists; pass --overwrite (overwrite=True) to replace it"
+    return None
+
+
+def read_array(file: str | os.PathLike, mmap_mode: str | None = None) -> np.ndarray:
+    """A ``.npy`` array; a truncated, empty or foreign file fails naming it (numpy's errors do not)."""
+    try:
+        return np.load(file, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{file}: not a readable .npy array ({e})") from None
+
+
+def class_labels(labels: np.ndarray, n_classes: int, file: str | os.PathLike) -> np.ndarray:
+    """``labels`` as int64 class indices; refused, the file named, unless they are one whole
+    number in [0, n_classes) per example (torch would fail later, on a GPU obscurely)."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iuf" or labels.ndim != 1:
+        raise ValueError(f"{file}: {labels.dtype} labels of shape {labels.shape}; expected (N,) class numbers")
+    bad = np.flatnonzero((labels < 0) | (labels >= n_classes) | (labels != np.round(labels)))  # NaN too
+    if len(bad):
+        raise ValueError(f"{file}: label {labels[bad[0]]} of example {bad[0]} is not a class in 0..{n_classes - 1}")
+    return labels.astype(np.int64)

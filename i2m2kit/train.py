@@ -50,6 +50,10 @@ class TensorData(Dataset):
     """
 
     def __init__(self, inputs: Mapping[str, torch.Tensor], targets: torch.Tensor):
+        for name, x in {**inputs, "targets": targets}.items():
+            if not isinstance(x, torch.Tensor) or x.ndim == 0:  # numpy arrays fail later, obscurely
+                raise TypeError(f"{name!r} must be a torch.Tensor with a batch dimension, got {type(x).__name__}"
+                                + (" of no dimension" if isinstance(x, torch.Tensor) else ""))
         n = len(targets)
         for name, x in inputs.items():
             if len(x) != n:
@@ -282,6 +286,13 @@ def fit(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if patience is not None and valid is None:
         raise ValueError("patience (early stopping) needs a validation set: pass valid")
+    if patience is not None and patience < 1:  # 0 would stop every phase before its first epoch
+        raise ValueError(f"patience must be at least 1 (or None), got {patience}")
+    if clip_grad_norm is not None and not clip_grad_norm > 0:  # 0 zeroes every gradient: no training
+        raise ValueError(f"clip_grad_norm must be positive (or None), got {clip_grad_norm}")
+    for name, data in (("train", train), ("valid", valid)):
+        if isinstance(data, Dataset) and len(data) == 0:  # else an obscure sampler or torch.cat error
+            raise ValueError(f"{name} holds no examples")
     make_optimizer = optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3))
     distributed.init_from_env()  # under torchrun: join the process group
     device = distributed.device_for_rank(resolve_device(device))
@@ -455,6 +466,7 @@ def compare_models(
     checkpoint_dir: str | os.PathLike | None = None,
     progress: bool = True,
     trained: dict[str, I2M2] | None = None,
+    per_model: dict[str, dict[str, Any]] | None = None,
     **fit_kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Train every model the paper compares and score each on ``test``.
@@ -465,10 +477,15 @@ def compare_models(
     the single-expert models (uni-modal, inter) are trained first, for ``pretrain_epochs``,
     and are the pretraining of the others, which start from their weights and are fine-tuned
     (``train_seconds`` then includes that pretraining). Returns one row per model; if a
-    ``trained`` dict is given, the trained models are put in it by name.
+    ``trained`` dict is given, the trained models are put in it by name. ``per_model`` maps a
+    model's name to ``fit`` arguments that replace the shared ones for it (a published recipe
+    may train each model at its own learning rate).
     """
     views = build_model().baselines()  # which models there are, and how many experts each has
     names = list(names) if names is not None else list(views)
+    unknown = set(per_model or {}) - set(views)
+    if unknown:
+        raise ValueError(f"per_model names {sorted(unknown)}, not among the models {list(views)}")
     device = fit_kwargs.get("device", "auto")
     staged = fit_kwargs.get("regime") == "pretrain_finetune"
     order = names
@@ -480,12 +497,12 @@ def compare_models(
         torch.manual_seed(seed)
         model = build_model().baselines()[name]
         directory = None if checkpoint_dir is None else Path(checkpoint_dir) / name.replace(":", "-")
-        kwargs, seconds = dict(fit_kwargs), 0.0
+        kwargs, seconds = {**fit_kwargs, **(per_model or {}).get(name, {})}, 0.0
         if staged and len(model.experts) == 1:
             # an expert trained alone is its own pretraining: pretrain_epochs of it, no fine-tune
             kwargs["regime"] = "joint"
-            if fit_kwargs.get("pretrain_epochs"):
-                kwargs["epochs"] = fit_kwargs["pretrain_epochs"]
+            if kwargs.get("pretrain_epochs"):
+                kwargs["epochs"] = kwargs["pretrain_epochs"]
         elif staged and all(n in pretrained for n in model.experts):
             # as published: start from the experts' own trained runs, then fine-tune together
             for n, expert in model.experts.items():

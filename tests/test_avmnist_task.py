@@ -66,6 +66,28 @@ def test_load_names_the_missing_or_inconsistent_file(tmp_path):
         avmnist.load(tmp_path, valid_size=10)
 
 
+@pytest.mark.parametrize("name, array, message", [
+    ("train_labels.npy", np.arange(30) % 11, r"train_labels\.npy: label 10 of example 10 is not a class in 0\.\.9"),
+    ("test_labels.npy", np.arange(12) % 10 - 1, r"test_labels\.npy: label -1 of example 0 "),
+    ("train_labels.npy", np.arange(30) % 10 + 0.5, r"train_labels\.npy: label 0\.5 of example 0 "),
+    ("train_labels.npy", np.zeros((30, 2), np.int64), r"train_labels\.npy: int64 labels of shape \(30, 2\)"),
+    ("image/train_data.npy", np.full((30, 784), 300, np.int16), r"train_data\.npy: example 0 holds values outside 0-255"),
+    ("image/train_data.npy", np.ones((30, 784), bool), r"train_data\.npy: bool values"),
+    ("test_labels.npy", np.zeros(0, np.int64), r"test_labels\.npy: no examples"),
+    ("audio/test_data.npy", None, r"audio[/\\]test_data\.npy: not a readable \.npy array"),  # cut short
+])
+def test_load_refuses_a_bad_array_naming_its_file(tmp_path, name, array, message):
+    write_layout(tmp_path)
+    if array is None:
+        (tmp_path / name).write_bytes((tmp_path / name).read_bytes()[:5000])
+    else:
+        np.save(tmp_path / name, array)
+    with pytest.raises(ValueError, match=message):
+        avmnist.load(tmp_path, valid_size=10)
+    with pytest.raises(ValueError, match="limit must be at least 1"):
+        avmnist.load(tmp_path, valid_size=10, limit=0)
+
+
 def test_lenet_pools_each_modality_to_one_feature_vector():
     image, audio = avmnist.image_encoder(6), avmnist.audio_encoder(6)
     assert image(torch.rand(2, 1, 28, 28)).shape == (2, image.out_features) == (2, 48)

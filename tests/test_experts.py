@@ -122,6 +122,30 @@ def test_bad_inputs_name_the_culprit():
         ik.I2M2({"a": ik.Expert(nn.Linear(4, 5), "image")}, head="softmax")
 
 
+@pytest.mark.parametrize("head, target, message", [
+    ("multiclass", torch.tensor([0, 1, 2, 3, 4, 5, 1]), r"target class 5 is outside 0\.\.4: the model has 5 classes"),
+    ("multiclass", torch.tensor([0, 1, 2, 3, 4, -1, 1]), r"target class -1 is outside 0\.\.4"),
+    ("multiclass", torch.zeros(7), r"class indices .* got \(7,\) float32"),  # float labels
+    ("multiclass", torch.zeros(7, 1, dtype=torch.long), r"got \(7, 1\) int64"),
+    ("multiclass", torch.zeros(6, dtype=torch.long), r"got \(6,\) int64"),
+    ("multilabel", torch.zeros(7), r"multilabel targets must have the logits' shape \(7, 5\), got \(7,\) float32"),
+])
+def test_bad_targets_are_named_by_the_loss(head, target, message):
+    model = three_experts(head=head)
+    with pytest.raises(ValueError, match=message):
+        model.loss(model(batch()).logits, target)
+
+
+def test_inputs_of_the_wrong_type_or_dtype_are_named():
+    model, inputs = three_experts(), batch()
+    with pytest.raises(TypeError, match="takes a dict"):
+        model(inputs["image"])
+    with pytest.raises(TypeError, match="on inputs of shape image ndarray"):
+        model({**inputs, "image": inputs["image"].numpy()})
+    with pytest.raises(ValueError, match=r"image \(7, 4\) int64"):  # int images: torch only says Long vs Float
+        model({**inputs, "image": inputs["image"].long()})
+
+
 def test_multilabel_head_is_the_renormalised_product_of_bernoulli_experts():
     model, inputs = three_experts(k=4, head="multilabel"), batch()
     out = model(inputs)

@@ -216,6 +216,22 @@ def test_missing_folders_are_named(prep, shared_data, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("option, message", [(dict(seed=-1), "seed must be a non-negative integer"),
+                                             (dict(snr_db=float("nan")), "snr_db must be a finite number")])
+def test_bad_option_is_refused_before_any_work(prep, shared_data, tmp_path, option, message):
+    with pytest.raises(prep.PrepareError, match=message):
+        prep.prepare(shared_data, tmp_path / "out", **SMALL, **option)
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_over_the_raw_folder_is_refused(prep, shared_data, tmp_path):
+    raw = raw_copy(shared_data, tmp_path / "raw")
+    for out in (raw, raw / "mnist"):  # replacing them would delete MNIST
+        with pytest.raises(prep.PrepareError, match=r"is or holds the input .*mnist"):
+            prep.prepare(raw, out, overwrite=True, **SMALL)
+    assert len(list((raw / "mnist").iterdir())) == 4
+
+
 def test_generated_noise_is_recorded(prep, shared_data, tmp_path):
     raw = raw_copy(shared_data, tmp_path / "raw", without="esc50")
     metadata = prep.prepare(raw, tmp_path / "out", n_train=100, n_test=50, generated_noise=True, progress=False)

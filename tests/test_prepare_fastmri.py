@@ -211,6 +211,16 @@ def test_existing_output_needs_overwrite(prep, raw, annotations, tmp_path):
     assert (out / "metadata.json").exists() and not (out / "keep.txt").exists()
 
 
+def test_negative_seed_and_output_over_the_input_are_refused_at_once(prep, raw, annotations, tmp_path):
+    with pytest.raises(prep.PrepareError, match="seed must be a non-negative integer, got -1"):
+        prep.prepare(raw[0], annotations, tmp_path / "out", seed=-1, progress=False)
+    folder = linked_raw(raw[0], tmp_path / "raw", set(ANNOTATED[:3]))
+    with pytest.raises(prep.PrepareError, match="is or holds the input"):  # replacing it would delete the files
+        prep.prepare(folder, annotations, folder, overwrite=True, progress=False)
+    assert len(list(folder.iterdir())) == 3
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
 def test_missing_annotations_and_empty_raw_folder_name_the_path(prep, raw, annotations, tmp_path):
     with pytest.raises(prep.PrepareError, match=r"knee\.csv: not found; --annotations"):
         prep.prepare(raw[0], tmp_path, tmp_path / "out", progress=False)

@@ -249,6 +249,15 @@ def test_unparseable_or_infinite_number_in_an_event_table_is_named(prep, demo, t
         prep.prepare(raw, tmp_path / "out", progress=False)
 
 
+@pytest.mark.parametrize("damage", [lambda data: b"not gzip" + data, lambda data: data[: len(data) // 2]],
+                         ids=["not-gzip", "truncated"])
+def test_unreadable_gzip_table_is_named(prep, demo, tmp_path, damage):
+    raw = raw_copy(demo, tmp_path / "raw", skip=("PATIENTS",))
+    (raw / "PATIENTS.csv.gz").write_bytes(damage((demo / "PATIENTS.csv.gz").read_bytes()))
+    with pytest.raises(prep.PrepareError, match=r"^PATIENTS\.csv\.gz: cannot read table PATIENTS \("):
+        prep.prepare(raw, tmp_path / "out", progress=False)
+
+
 def test_existing_output_is_refused_and_replaced_only_whole(built, prep, demo, tmp_path, monkeypatch, capsys):
     out, _, _ = built
     with pytest.raises(prep.PrepareError, match="already exists; pass --overwrite"):

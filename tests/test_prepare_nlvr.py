@@ -116,11 +116,15 @@ def test_downsampling_averages_blocks_of_the_full_picture(prep, raw):
     ('{"identifier": "1-0", "sentence": "x", "label": "true", "structured_rep": [[{"type": "square", '
      '"color": "Black", "x_loc": 95, "y_loc": 0, "size": 10}], [], []]}',
      "dev.json line 2: field 'structured_rep'[0][0].x_loc: expected an integer in [0, 90], got 95"),
+    ('{"identifier": "1572-0", "sentence": "x", "label": "true", "structured_rep": [[], [], []]}',
+     "dev.json line 2: identifier '1572-0' is also on line 1"),  # two files run together
+    (b'{"identifier": "1-0", "sentence": "caf\xe9", "label": "true", "structured_rep": [[], [], []]}',
+     "dev.json line 2: not UTF-8 text (invalid continuation byte at byte 39)"),  # Latin-1
 ])
 def test_bad_line_stops_with_one_line_naming_file_line_and_field(prep, raw, tmp_path, line, message):
     folder = small_raw(raw, tmp_path / "raw", n=1, with_images=False)
-    with open(folder / "dev.json", "a") as f:
-        f.write(line + "\n")
+    with open(folder / "dev.json", "ab") as f:
+        f.write((line if isinstance(line, bytes) else line.encode()) + b"\n")
     out = tmp_path / "out"
     with pytest.raises(prep.PrepareError) as e:
         prep.prepare(folder, out, progress=False)
@@ -140,6 +144,24 @@ def test_missing_published_image_is_named(prep, raw, tmp_path):
     # without the check the images are rendered all the same
     meta = prep.prepare(folder, tmp_path / "out", check_images=False, progress=False)
     assert meta["counts"]["valid"] == 3 and meta["renderer"]["agreement_with_published"] is None
+
+
+def test_an_archive_that_is_not_a_tar_is_named_in_one_line(prep, raw, tmp_path):
+    folder = small_raw(raw, tmp_path / "raw", n=1, with_images=False)
+    (folder / "images-dev-test.tar").write_bytes(b"not a tar")
+    with pytest.raises(prep.PrepareError, match="images-dev-test.tar: not a readable tar archive") as e:
+        prep.prepare(folder, tmp_path / "out", progress=False)
+    assert "\n" not in str(e.value)  # tarfile gives one reason a line
+
+
+@pytest.mark.parametrize("out, message", [("raw", "is or holds the input"), (".", "is or holds the input"),
+                                          ("file", "is a file")])
+def test_output_over_the_input_or_a_file_is_refused(prep, raw, tmp_path, capsys, out, message):
+    folder = small_raw(raw, tmp_path / "raw", n=1, with_images=False)
+    (tmp_path / "file").write_text("mine")
+    assert prep.main(["--raw", str(folder), "--out", str(tmp_path / out), "--overwrite", "--no-progress"]) == 2
+    assert message in capsys.readouterr().err
+    assert (folder / "dev.json").is_file() and (tmp_path / "file").read_text() == "mine"  # nothing deleted
 
 
 def test_missing_split_file_is_named(prep, raw, tmp_path):

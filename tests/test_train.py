@@ -27,7 +27,8 @@ def test_i2m2_learns_and_beats_the_intra_modality_model(sim, sim_data, build):
 
 def test_pretrain_finetune_starts_the_products_from_the_experts_trained_alone(sim_data, build, monkeypatch):
     """As published: the uni-modal and inter runs are the pretraining; intra and I2M2 load
-    their experts and are only fine-tuned (no second pretraining of the same experts)."""
+    their experts and are only fine-tuned (no second pretraining of the same experts). A model
+    may get its own arguments (``per_model``: the published runs differ in learning rate)."""
     calls = []
     real_fit = ik.train.fit
 
@@ -39,21 +40,24 @@ def test_pretrain_finetune_starts_the_products_from_the_experts_trained_alone(si
     monkeypatch.setattr(ik.train, "fit", recording_fit)
     trained = {}
     rows = ik.compare_models(build, sim_data["train"], sim_data["valid"], sim_data["test"], regime="pretrain_finetune",
-                             epochs=1, pretrain_epochs=2, batch_size=256, progress=False, trained=trained)
+                             epochs=1, pretrain_epochs=2, batch_size=256, progress=False, trained=trained,
+                             per_model={"inter": {"pretrain_epochs": 3}, "intra": {"epochs": 2}})
     assert [r["model"] for r in rows] == ["uni:x", "uni:x2", "intra", "inter", "i2m2"]
     by_experts = {tuple(experts): (regime, epochs, start) for experts, regime, epochs, start in calls}
     assert len(calls) == 5
-    for alone in (("x",), ("x2",), ("joint",)):
-        assert by_experts[alone][:2] == ("joint", 2)  # pretraining: pretrain_epochs, alone
-    for product, members in ((("x", "x2"), "intra"), (("joint", "x", "x2"), "i2m2")):
+    for alone, epochs in ((("x",), 2), (("x2",), 2), (("joint",), 3)):
+        assert by_experts[alone][:2] == ("joint", epochs)  # pretraining: pretrain_epochs, alone
+    for product, finetune_epochs in ((("x", "x2"), 2), (("joint", "x", "x2"), 1)):
         regime, epochs, start = by_experts[product]
-        assert (regime, epochs) == ("finetune", 1)
+        assert (regime, epochs) == ("finetune", finetune_epochs)
         for n in product:  # it starts where the expert's own run ended
             source = {"x": "uni:x", "x2": "uni:x2", "joint": "inter"}[n]
             for p, q in zip(start[n], trained[source].experts[n].parameters()):
                 assert torch.equal(p, q)
     i2m2 = next(r for r in rows if r["model"] == "i2m2")
     assert i2m2["train_seconds"] > sum(r["train_seconds"] for r in rows if r["model"] in ("uni:x", "uni:x2", "inter"))
+    with pytest.raises(ValueError, match=r"per_model names \['late'\], not among the models"):
+        ik.compare_models(build, sim_data["train"], None, sim_data["test"], per_model={"late": {"epochs": 1}})
 
 
 class Crash(Exception):
@@ -191,6 +195,19 @@ def test_arguments_are_checked(sim_data, build):
         ik.fit(build(), sim_data["train"], epochs=1, patience=3, progress=False)
     with pytest.raises(ValueError, match="modality 'x2' has 3 examples"):
         ik.TensorData({"x": torch.zeros(4, 2), "x2": torch.zeros(3, 2)}, torch.zeros(4))
+
+
+def test_settings_that_would_train_nothing_and_empty_data_are_refused(sim_data, build):
+    train, valid = sim_data["train"], sim_data["valid"]
+    empty = ik.TensorData({k: v[:0] for k, v in valid.inputs.items()}, valid.targets[:0])
+    for kwargs, message in [(dict(patience=0), "patience must be at least 1"),
+                            (dict(clip_grad_norm=0.0), "clip_grad_norm must be positive"),
+                            (dict(train=empty), "train holds no examples"),
+                            (dict(valid=empty), "valid holds no examples")]:
+        with pytest.raises(ValueError, match=message):
+            ik.fit(build(), **{"train": train, "valid": valid, **kwargs}, epochs=1, progress=False)
+    with pytest.raises(TypeError, match="'x' must be a torch.Tensor"):
+        ik.TensorData({"x": train.inputs["x"].numpy()}, train.targets)
 
 
 def test_device_auto_is_the_cpu_without_a_gpu():

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..experts import I2M2, Expert
+from ..io import class_labels, read_array
 from ..train import TensorData
 
 MODALITIES = ("image", "audio")
@@ -44,12 +45,17 @@ def _as_tensor(array: np.ndarray, shape: tuple[int, ...], path: Path, dtype: tor
     """
     if array.shape[1:] not in (shape, (int(np.prod(shape)),)):
         raise ValueError(f"{path}: arrays of shape {array.shape[1:]} per example, expected {shape}")
+    if array.dtype.kind not in "iuf":
+        raise ValueError(f"{path}: {array.dtype} values, expected numbers in 0-255")
     out = torch.empty((len(array), 1, *shape), dtype=dtype)
     for start in range(0, len(array), chunk):
         block = torch.from_numpy(np.array(array[start:start + chunk]))
         if block.is_floating_point() and not torch.isfinite(block).all():
             bad = start + int((~torch.isfinite(block.reshape(len(block), -1))).any(1).nonzero()[0])
             raise ValueError(f"{path}: example {bad} holds NaN or infinite values")
+        if len(block) and (block.min() < 0 or block.max() > 255):  # not this layout's scale: would train on it
+            bad = start + int(((block < 0) | (block > 255)).reshape(len(block), -1).any(1).nonzero()[0])
+            raise ValueError(f"{path}: example {bad} holds values outside 0-255")
         out[start:start + len(block)] = block.reshape(len(block), 1, *shape).to(dtype) / 255
     return out
 
@@ -75,13 +81,19 @@ def load(path: str | Path, valid_size: int = VALID_SIZE, limit: int | None = Non
     ``limit`` keeps the first ``limit`` examples of each split (quick runs; only those are read).
     """
     path = Path(path)
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1 (or None for all), got {limit}")
     files = {(split, m): path / m / f"{split}_data.npy" for split in ("train", "test") for m in MODALITIES}
     files.update({(split, "labels"): path / f"{split}_labels.npy" for split in ("train", "test")})
     for file in files.values():
         if not file.is_file():
             raise FileNotFoundError(f"{file}: not found; build AV-MNIST with "
                                     f"'python data_scripts/prepare_avmnist.py --raw DIR --out {path}'")
-    arrays = {key: np.load(file, mmap_mode="r") for key, file in files.items()}  # nothing read yet
+    arrays = {key: read_array(file, mmap_mode="r") for key, file in files.items()}  # nothing read yet
+    for split in ("train", "test"):
+        arrays[split, "labels"] = class_labels(arrays[split, "labels"], N_CLASSES, files[split, "labels"])
+        if not len(arrays[split, "labels"]):
+            raise ValueError(f"{files[split, 'labels']}: no examples")
     for (split, m), array in arrays.items():
         if len(array) != len(arrays[split, "labels"]):
             raise ValueError(f"{files[split, m]}: {len(array)} examples, but "
@@ -197,14 +209,14 @@ class JointNet(nn.Module):
 FUSIONS = ("concat", "lowrank")
 
 
-def build_model(channels: int = 6, joint_channels: int = 12, hidden: int = 100, fusion: str = "concat",
+def build_model(channels: int = 3, joint_channels: int = 6, hidden: int = 100, fusion: str = "concat",
                 rank: int = 40, fused_features: int = 120, n_classes: int = N_CLASSES) -> I2M2:
     """I2M2 for AV-MNIST: experts "image", "audio" (LeNet + MLP) and "joint" (reads both).
 
-    ``channels``: width of the uni-modal LeNets (6 in the published code); ``joint_channels``:
-    width of the joint expert's encoders (twice as wide in the published late-fusion model);
-    ``fusion``: "concat" (late fusion) or "lowrank" (low-rank tensor fusion to
-    ``fused_features``, rank ``rank``).
+    ``channels``: width of the uni-modal LeNets (3 in the published code); ``joint_channels``:
+    width of the joint expert's encoders (6: twice as wide, as the published late-fusion and
+    low-rank models); ``fusion``: "concat" (late fusion) or "lowrank" (low-rank tensor fusion
+    to ``fused_features``, rank ``rank``: the published 120 and 40).
     """
     if fusion not in FUSIONS:
         raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
@@ -223,9 +235,15 @@ def build_model(channels: int = 6, joint_channels: int = 12, hidden: int = 100, 
 
 
 def published_recipe(epochs: int = 30, regime: str = "pretrain_finetune") -> dict[str, Any]:
-    """``fit`` arguments of the published AV-MNIST runs: each expert pretrained alone, then the
-    experts fine-tuned together (``regime="joint"``: from scratch instead), ``epochs`` for each
-    stage; SGD lr 0.01, weight decay 1e-4, batch 40, gradient norm clipped at 8, model
-    selection on validation accuracy."""
+    """``compare_models`` arguments of the published AV-MNIST runs: each expert pretrained
+    alone, then the experts fine-tuned together (``regime="joint"``: from scratch instead),
+    ``epochs`` for each stage; SGD with weight decay 1e-4, batch 40, gradient norm clipped at
+    8, model selection on validation accuracy. The learning rate is each run's published one:
+    0.01 for the uni-modal experts and I2M2, 0.1 for the inter-modality (fusion) model and the
+    intra-modality fine-tuning."""
+    def sgd(lr: float):
+        return functools.partial(torch.optim.SGD, lr=lr, weight_decay=1e-4)
+
     return dict(regime=regime, epochs=epochs, pretrain_epochs=epochs, batch_size=40, clip_grad_norm=8.0,
-                optimizer=functools.partial(torch.optim.SGD, lr=0.01, weight_decay=1e-4), monitor="accuracy")
+                optimizer=sgd(lr=0.01), monitor="accuracy",
+                per_model={"inter": {"optimizer": sgd(lr=0.1)}, "intra": {"optimizer": sgd(lr=0.1)}})
