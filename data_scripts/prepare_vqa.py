@@ -90,7 +90,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from i2m2kit.io import atomic_path, package_folder
+from i2m2kit.io import atomic_path, output_folder_problem, package_folder
 
 FORMAT_VERSION = 1
 DATASETS = ("easy-vqa", "vqa-v2", "vqa-vs")
@@ -467,8 +467,6 @@ def prepare(raw: str | Path | None, out: str | Path, dataset: str = "auto", imag
         raise PrepareError(f"vocab_from (--vocab-from) must be one of {', '.join(VOCAB_FROM)}, got {vocab_from!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise PrepareError(f"limit (--limit) must be a positive integer, got {limit!r}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise PrepareError(f"{out} already exists; pass --overwrite (overwrite=True) to replace it")
     if raw is None:
         raw = easy_vqa_dir()
         if raw is None:
@@ -479,6 +477,8 @@ def prepare(raw: str | Path | None, out: str | Path, dataset: str = "auto", imag
     images = Path(images) if images is not None else raw
     if not images.is_dir():
         raise PrepareError(f"{images}: no such folder (--images)")
+    if problem := output_folder_problem(out, overwrite, [raw, images]):
+        raise PrepareError(problem)
     if dataset == "auto":
         dataset = detect(raw)
     vocab_from = vocab_from or ("train" if dataset == "vqa-vs" else "train+val")

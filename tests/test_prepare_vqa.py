@@ -521,3 +521,15 @@ def test_dataset_can_be_forced(prep, small_easy_template, tmp_path):
     with pytest.raises(prep.PrepareError, match="not a complete easy-VQA folder: no answers.txt"):
         prep.prepare(raw, tmp_path / "out", dataset="easy-vqa", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("out, message", [("vqa-vs", "is or holds the input"), ("coco", "is or holds the input"),
+                                          (".", "is or holds the input"), ("file", "is a file")])
+def test_output_over_an_input_or_a_file_is_refused(prep, tmp_path, capsys, out, message):
+    raw, coco = make_vs(tmp_path / "vqa-vs", tmp_path / "coco")
+    (tmp_path / "file").write_text("mine")
+    assert prep.main(["--raw", str(raw), "--images", str(coco), "--out", str(tmp_path / out), "--overwrite",
+                      "--min-answer-count", "1", "--no-progress"]) == 2
+    assert message in capsys.readouterr().err
+    assert (raw / "Val" / "Val-Ques.json").is_file() and (coco / "val2014").is_dir()  # nothing deleted
+    assert (tmp_path / "file").read_text() == "mine"
