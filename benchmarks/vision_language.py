@@ -29,7 +29,8 @@ def load(args):
     shared = args.regime == "frozen_backbone"
     if args.task == "vqa":
         images = ("--images", args.images) if args.images else ()
-        prepare_data("vqa", args.raw or vqa.easy_vqa_dir(), args.prepared, args=("--dataset", args.dataset, "--min-answer-count", str(args.min_answer_count), *images))
+        prepare_data("vqa", args.raw or vqa.easy_vqa_dir(), args.prepared,
+                     args=("--dataset", args.dataset, "--min-answer-count", str(args.min_answer_count), *images))
         data = vqa.load(args.prepared, args.backbone, image_size=args.image_size, limit=args.n_train)
         return (data, lambda: vqa.build_model(data, fusion=args.fusion, shared_backbone=shared),
                 vqa.recipe(args.epochs, args.regime, args.lr), "vqa_score", ("prior", vqa.prior_baseline(data)["test"]))

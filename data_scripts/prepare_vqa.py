@@ -269,13 +269,14 @@ def read_easy_vqa(raw: Path, limit: int | None) -> tuple[dict, list[str], dict]:
     return published, answers, sources
 
 
-def join_annotations(questions: list, qwhere: str, annotations: list, awhere: str, limit: int | None,
-                     progress: bool, image_path, desc: str) -> list[dict]:
+def join_annotations(questions: list, qsource: tuple[str, str], annotations: list, asource: tuple[str, str],
+                     limit: int | None, progress: bool, image_path, desc: str) -> list[dict]:
     """VQA v2-style questions (the first ``limit``) joined with their annotations; ``answers``
     holds the normalised annotators' answers (a Counter) and ``annotators`` their number, for
-    now. ``qwhere``/``awhere`` name the lists in messages; ``image_path(image_id)`` is the
-    picture's path under the images folder."""
-    aname = awhere.split(" ")[0]
+    now. ``qsource``/``asource``: (file, key of the list in it, "" for a file that is the list),
+    for messages; ``image_path(image_id)`` is the picture's path under the images folder."""
+    qwhere, awhere = (" ".join(filter(None, source)) for source in (qsource, asource))
+    aname = asource[0]
     index = {}
     for i, annotation in enumerate(annotations):
         where = f"{awhere}[{i}]"
@@ -344,8 +345,8 @@ def read_vqa_v2(raw: Path, limit: int | None, progress: bool) -> tuple[dict, dic
         for name, data, key in ((qname, qdata, "questions"), (aname, adata, "annotations")):
             if not isinstance(data, dict) or not isinstance(data.get(key), list):
                 raise PrepareError(f"{name}: expected a JSON object with a {key!r} list")
-        published[split] = join_annotations(qdata["questions"], f"{qname} questions", adata["annotations"],
-                                             f"{aname} annotations", limit, progress,
+        published[split] = join_annotations(qdata["questions"], (qname, "questions"), adata["annotations"],
+                                             (aname, "annotations"), limit, progress,
                                              lambda i, f=folder, p=pattern: f"{f}/{p.format(i)}", f"{split} questions")
     return published, {n: (raw / n).stat().st_size for n in names}
 
@@ -369,8 +370,8 @@ def read_vqa_vs(raw: Path, images: Path, limit: int | None, progress: bool) -> t
             lists[kind] = read_json(raw / name, raw)
             if not isinstance(lists[kind], list):
                 raise PrepareError(f"{name}: expected a JSON list of objects, got {type(lists[kind]).__name__}")
-        published[split] = join_annotations(lists["Ques"], f"{prefix}-Ques.json", lists["Ans"], f"{prefix}-Ans.json",
-                                            limit, progress, coco_path, f"{split} questions")
+        published[split] = join_annotations(lists["Ques"], (f"{prefix}-Ques.json", ""), lists["Ans"],
+                                            (f"{prefix}-Ans.json", ""), limit, progress, coco_path, f"{split} questions")
     test = {q["question_id"]: q for q in published["test"]}
     for q in test.values():
         q["ood"] = []
@@ -388,10 +389,11 @@ def read_vqa_vs(raw: Path, images: Path, limit: int | None, progress: bool) -> t
             q = test.get(str(entry["question_id"]))
             if q is not None:
                 q["ood"].append(name)
+                ood[name] = ood.get(name, 0) + 1
             elif limit is None:  # with --limit, the OOD questions beyond it are left out
                 raise PrepareError(f"{file}[{i}]: question_id {entry['question_id']} is not in the IID test set "
                                    f"({VS['test']}-Ques.json)")
-        ood[name] = sum(name in q["ood"] for q in test.values())
+        ood.setdefault(name, 0)  # a supplied set, even if a --limit build holds none of it
         names.append(file)
     return published, {n: (raw / n).stat().st_size for n in names}, ood
 
