@@ -43,12 +43,23 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=3, help="width of the uni-modal LeNets (published: 3)")
     parser.add_argument("--joint-channels", type=int, default=6, help="width of the joint expert's LeNets (published: 6)")
     parser.add_argument("--fusion", default="concat", choices=avmnist.FUSIONS)
+    parser.add_argument("--models", nargs="*", help="train only these (uni:image, uni:audio, intra, inter, i2m2)")
+    parser.add_argument("--lr", nargs="*", default=[], metavar="MODEL=LR",
+                        help="replace a model's published learning rate, e.g. i2m2=0.1")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--timing-only", action="store_true")
+    parser.add_argument("--repeats", type=int, default=2, help="timed rounds of epochs (after a warm-up round)")
     parser.add_argument("--out", help="also write the accuracy rows to this JSON file")
     parser.add_argument("--skip-timing", action="store_true", help="only the comparison of the five models")
     args = parser.parse_args()
     device = ik.resolve_device(args.device)
+    learning_rates = {}
+    for item in args.lr:
+        model, _, lr = item.partition("=")
+        try:
+            learning_rates[model] = float(lr)
+        except ValueError:
+            parser.error(f"--lr takes MODEL=LR, e.g. i2m2=0.1; got {item!r}")
     build = functools.partial(avmnist.build_model, channels=args.channels, joint_channels=args.joint_channels,
                               fusion=args.fusion)
 
@@ -62,24 +73,29 @@ def main() -> None:
 
     if not args.skip_timing:
         torch.manual_seed(0)
-        report_epoch_cost(build(), data["train"], args.batch_size, device)
+        report_epoch_cost(build(), data["train"], args.batch_size, device, args.repeats)
     if args.timing_only:
         return
 
     columns = [("regime", "regime"), ("model", "model"), ("accuracy", "accuracy"), ("std", "std"), ("runs", "runs")]
-    runs = []  # (regime, seed, model, accuracy): written after every seed, full runs take hours
+    runs = []  # (regime, seed, model, accuracy, best epoch): written after every seed, full runs take hours
     for regime in args.regimes:
         recipe = {**avmnist.published_recipe(args.epochs, regime), "batch_size": args.batch_size, "device": device}
+        for model, lr in learning_rates.items():
+            recipe["per_model"][model] = {"optimizer": avmnist.published_sgd(lr)}
         started = time.perf_counter()
         for seed in args.seeds:
-            rows = ik.compare_models(build, data["train"], data["valid"], data["test"], seed=seed, **recipe)
-            runs += [(regime, seed, r["model"], 100 * r["accuracy"]) for r in rows]
-            print(f"{regime}, seed {seed}: " + ", ".join(f"{r['model']} {100 * r['accuracy']:.2f}" for r in rows), flush=True)
+            rows = ik.compare_models(build, data["train"], data["valid"], data["test"], seed=seed, names=args.models,
+                                     **recipe)
+            runs += [(regime, seed, r["model"], 100 * r["accuracy"], r["best_epoch"]) for r in rows]
+            # the epoch that validation selected: one near the last says more epochs would still help
+            print(f"{regime}, seed {seed}: " + ", ".join(f"{r['model']} {100 * r['accuracy']:.2f} (epoch {r['best_epoch']})"
+                                                      for r in rows), flush=True)
             if args.out:
                 write_json_atomic({"args": vars(args), "runs": runs}, args.out)
         table = []
-        for model in dict.fromkeys(m for g, _, m, _ in runs if g == regime):
-            accuracies = [a for g, _, m, a in runs if g == regime and m == model]
+        for model in dict.fromkeys(m for g, _, m, *_ in runs if g == regime):
+            accuracies = [a for g, _, m, a, _ in runs if g == regime and m == model]
             table.append({"regime": regime, "model": model, "accuracy": float(np.mean(accuracies)),
                           "std": float(np.std(accuracies)), "runs": " ".join(f"{a:.2f}" for a in accuracies)})
         print(f"\n{regime}: {(time.perf_counter() - started) / 60:.1f} min for {len(args.seeds)} seed(s); test accuracy "

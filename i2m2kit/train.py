@@ -483,9 +483,10 @@ def compare_models(
     """
     views = build_model().baselines()  # which models there are, and how many experts each has
     names = list(names) if names is not None else list(views)
-    unknown = set(per_model or {}) - set(views)
-    if unknown:
-        raise ValueError(f"per_model names {sorted(unknown)}, not among the models {list(views)}")
+    for argument, given in (("names", names), ("per_model", per_model or {})):
+        unknown = set(given) - set(views)
+        if unknown:
+            raise ValueError(f"{argument} names {sorted(unknown)}, not among the models {list(views)}")
     device = fit_kwargs.get("device", "auto")
     staged = fit_kwargs.get("regime") == "pretrain_finetune"
     order = names

@@ -58,6 +58,8 @@ def test_pretrain_finetune_starts_the_products_from_the_experts_trained_alone(si
     assert i2m2["train_seconds"] > sum(r["train_seconds"] for r in rows if r["model"] in ("uni:x", "uni:x2", "inter"))
     with pytest.raises(ValueError, match=r"per_model names \['late'\], not among the models"):
         ik.compare_models(build, sim_data["train"], None, sim_data["test"], per_model={"late": {"epochs": 1}})
+    with pytest.raises(ValueError, match=r"names \['uni:y'\], not among the models"):
+        ik.compare_models(build, sim_data["train"], None, sim_data["test"], names=["i2m2", "uni:y"])
 
 
 class Crash(Exception):

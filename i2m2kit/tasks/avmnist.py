@@ -234,6 +234,11 @@ def build_model(channels: int = 3, joint_channels: int = 6, hidden: int = 100, f
     })
 
 
+def published_sgd(lr: float):
+    """The published optimiser at learning rate ``lr``: SGD with weight decay 1e-4."""
+    return functools.partial(torch.optim.SGD, lr=lr, weight_decay=1e-4)
+
+
 def published_recipe(epochs: int = 30, regime: str = "pretrain_finetune") -> dict[str, Any]:
     """``compare_models`` arguments of the published AV-MNIST runs: each expert pretrained
     alone, then the experts fine-tuned together (``regime="joint"``: from scratch instead),
@@ -241,9 +246,6 @@ def published_recipe(epochs: int = 30, regime: str = "pretrain_finetune") -> dic
     8, model selection on validation accuracy. The learning rate is each run's published one:
     0.01 for the uni-modal experts and I2M2, 0.1 for the inter-modality (fusion) model and the
     intra-modality fine-tuning."""
-    def sgd(lr: float):
-        return functools.partial(torch.optim.SGD, lr=lr, weight_decay=1e-4)
-
     return dict(regime=regime, epochs=epochs, pretrain_epochs=epochs, batch_size=40, clip_grad_norm=8.0,
-                optimizer=sgd(lr=0.01), monitor="accuracy",
-                per_model={"inter": {"optimizer": sgd(lr=0.1)}, "intra": {"optimizer": sgd(lr=0.1)}})
+                optimizer=published_sgd(0.01), monitor="accuracy",
+                per_model={"inter": {"optimizer": published_sgd(0.1)}, "intra": {"optimizer": published_sgd(0.1)}})
