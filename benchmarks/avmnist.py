@@ -82,7 +82,7 @@ def main() -> None:
     for regime in args.regimes:
         recipe = {**avmnist.published_recipe(args.epochs, regime), "batch_size": args.batch_size, "device": device}
         for model, lr in learning_rates.items():
-            recipe["per_model"][model] = {"optimizer": avmnist.published_sgd(lr)}
+            recipe["per_model"].setdefault(model, {})["optimizer"] = avmnist.published_sgd(lr)
         started = time.perf_counter()
         for seed in args.seeds:
             rows = ik.compare_models(build, data["train"], data["valid"], data["test"], seed=seed, names=args.models,
@@ -94,7 +94,7 @@ def main() -> None:
             if args.out:
                 write_json_atomic({"args": vars(args), "runs": runs}, args.out)
         table = []
-        for model in dict.fromkeys(m for g, _, m, *_ in runs if g == regime):
+        for model in dict.fromkeys(m for g, _, m, _, _ in runs if g == regime):
             accuracies = [a for g, _, m, a, _ in runs if g == regime and m == model]
             table.append({"regime": regime, "model": model, "accuracy": float(np.mean(accuracies)),
                           "std": float(np.std(accuracies)), "runs": " ".join(f"{a:.2f}" for a in accuracies)})
