@@ -326,3 +326,59 @@ def sample_experts(expert_logits: Mapping[str, torch.Tensor], shapley: Mapping[s
                       width=290 * len(panels) + 60,  # fits a notebook column
                       legend=dict(orientation="h", yanchor="top", y=-0.3))
     return fig
+
+
+CONDITION_COLOURS = ("#4c78a8", "#e45756", "#f58518", "#72b7b2", "#b279a2", "#54a24b")
+PID_TERMS = (("redundancy", "redundancy"), ("unique_1", "unique to {a}"), ("unique_2", "unique to {b}"),
+             ("synergy", "synergy"))
+
+
+def dependency_report(report) -> go.Figure:
+    """A ``diagnostics.DependencyReport`` as one figure: left, each model's score on the real
+    pairs, re-paired within labels (spread over shuffles), with a modality shuffled across
+    examples, and under its additive projection (EMAP), against the best constant
+    prediction; right, the PID of the data and of each model's predictions."""
+    a, b = report.modalities
+    models = [r["model"] for r in report.rows]
+    conditions = [("score", "real pairs", None), ("shuffled", "re-paired within labels", "shuffled_std"),
+                  (f"{a} shuffled", f"{a} shuffled", None), (f"{b} shuffled", f"{b} shuffled", None),
+                  ("both shuffled", "both shuffled", None), ("emap_score", "additive projection (EMAP)", None)]
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], horizontal_spacing=0.1, subplot_titles=[
+        f"test {report.metric} under each diagnostic", "partial information decomposition (bits)"])
+    for colour, (key, label, spread) in zip(CONDITION_COLOURS, conditions):
+        fig.add_trace(go.Bar(name=label, x=models, y=[r.get(key) for r in report.rows], marker_color=colour,
+                             legendgroup="scores", error_y=None if spread is None else dict(
+                                 type="data", array=[r.get(spread, 0) for r in report.rows])), row=1, col=1)
+    fig.add_hline(y=report.baseline, line_dash="dash", line_color="black", row=1, col=1,
+                  annotation_text=f"best constant {report.baseline:.3f}", annotation_position="bottom left")
+    sources = list(report.pid)
+    for colour, (key, label) in zip(EXPERT_COLOURS, PID_TERMS):
+        fig.add_trace(go.Bar(name=label.format(a=a, b=b), x=sources, y=[report.pid[s][key] for s in sources],
+                             marker_color=colour, legendgroup="pid"), row=1, col=2)
+    values = [r[k] for r in report.rows for k, _, _ in conditions if r.get(k) is not None]
+    fig.update_yaxes(range=[max(0.0, min(values + [report.baseline]) - 0.05), 1.0], title_text=report.metric,
+                     row=1, col=1)
+    fig.update_layout(barmode="group", height=440, width=1150, legend=dict(groupclick="toggleitem"),
+                      title=f"Which dependency dominates? {report.verdict} ({report.examples} examples)")
+    return fig
+
+
+def verdict_map(rows: Sequence[Mapping], x: str = "inter", y: str = "intra", value: str = "label_shuffle_drop",
+                model: str = "i2m2", title: str | None = None) -> go.Figure:
+    """The diagnostics' verdict in every cell of a regime grid (rows as ``regimes.regime_map``
+    returns them with ``diagnose=True``), over ``value`` of ``model``; a cross marks a verdict
+    that differs from the dependency the simulator holds."""
+    cells = {(r[y], r[x]): r for r in rows if r.get("label") == model and "verdict" in r}
+    xs, ys = sorted({k[1] for k in cells}), sorted({k[0] for k in cells})
+    z = [[cells[(b, a)][value] if (b, a) in cells else None for a in xs] for b in ys]
+    text = [[("" if (b, a) not in cells else
+              cells[(b, a)]["verdict"] + (" ✓" if cells[(b, a)]["verdict"] == cells[(b, a)]["expected_verdict"]
+                                          else f" ✗ (truth: {cells[(b, a)]['expected_verdict']})"))
+             for a in xs] for b in ys]
+    fig = go.Figure(go.Heatmap(z=z, x=[str(a) for a in xs], y=[str(b) for b in ys], text=text,
+                               texttemplate="%{text}", colorscale="Blues", colorbar=dict(title=value),
+                               hovertemplate=f"{y} %{{y}}<br>{x} %{{x}}<br>%{{text}}<br>{value} %{{z:.3f}}<extra></extra>"))
+    fig.update_layout(title=title or f"Verdict of the diagnostics in each cell (colour: {model} {value})",
+                      xaxis=dict(title=x, type="category"), yaxis=dict(title=y, type="category"),
+                      height=120 * len(ys) + 160, width=240 * len(xs) + 200)
+    return fig

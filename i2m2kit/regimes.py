@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
+from .diagnostics import dependency_report
 from .simulate import SelectionModel
 from .tasks import synthetic
 from .train import TensorData, compare_models
@@ -33,6 +34,7 @@ def regime_map(
     hidden: int = 64,
     seed: int = 0,
     progress: bool = True,
+    diagnose: bool = False,
     **fit_kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Train and score every model at every grid point; one row per (point, size, regime, model).
@@ -45,6 +47,10 @@ def regime_map(
         regimes: ``"joint"`` trains all five models from scratch; ``"pretrain_finetune"``
             also trains the intra-modality model and I2M2 expert by expert first.
         simulator: the ``SelectionModel`` arguments held fixed (n_classes, dims, ...).
+        diagnose: also run ``diagnostics.dependency_report`` on the jointly trained models of
+            each point and size: every row of it gets the point's ``verdict`` and the
+            ``expected_verdict`` (the dependency the simulator holds), and each model's row its
+            ``label_shuffle_drop`` and ``emap_gap``.
         fit_kwargs: passed to ``fit`` (epochs, optimizer, batch_size, patience, device, ...).
     """
     fixed = {"n_classes": 2, "dims": (8, 8), **(simulator or {})}
@@ -64,15 +70,26 @@ def regime_map(
             train = TensorData({k: v[:n].cpu() for k, v in train_all.inputs.items()}, train_all.y[:n].cpu())
             for regime in regimes:
                 names = None if regime == "joint" else PRETRAINED_MODELS
+                trained: dict = {}
+                point_rows = []
                 for r in compare_models(
                     lambda: synthetic.build_model(sim.dims, sim.n_classes, hidden),
                     train, synthetic.dataset(valid), synthetic.dataset(test),
-                    names=names, regime=regime, seed=seed, progress=False, **fit_kwargs,
+                    names=names, regime=regime, seed=seed, progress=False, trained=trained, **fit_kwargs,
                 ):
                     label = r["model"] if regime == "joint" else f"{r['model']} (pretrained)"
-                    rows.append({**point, "n_train": n, "regime": regime, "label": label,
-                                 "model": r["model"], "accuracy": r["accuracy"], "bayes_accuracy": bayes,
-                                 "of_bayes": r["accuracy"] / bayes, "train_seconds": r["train_seconds"]})
+                    point_rows.append({**point, "n_train": n, "regime": regime, "label": label,
+                                       "model": r["model"], "accuracy": r["accuracy"], "bayes_accuracy": bayes,
+                                       "of_bayes": r["accuracy"] / bayes, "train_seconds": r["train_seconds"]})
+                if diagnose and regime == "joint":
+                    report = dependency_report(trained, synthetic.dataset(test), seed=seed,
+                                               device=fit_kwargs.get("device", "auto"))
+                    by_model = {d["model"]: d for d in report.rows}
+                    for row in point_rows:
+                        row.update(verdict=report.verdict, expected_verdict=synthetic.expected_verdict(sim),
+                                   label_shuffle_drop=by_model[row["model"]]["drop"],
+                                   emap_gap=by_model[row["model"]]["emap_gap"])
+                rows += point_rows
     return rows
 
 
@@ -89,7 +106,8 @@ def findings(rows: Sequence[Mapping[str, Any]], n_test: int, n_classes: int = 2)
     """
     chance = 1.0 / n_classes
     point_keys = [k for k in rows[0] if k not in
-                  ("regime", "label", "model", "accuracy", "bayes_accuracy", "of_bayes", "train_seconds")]
+                  ("regime", "label", "model", "accuracy", "bayes_accuracy", "of_bayes", "train_seconds",
+                   "verdict", "expected_verdict", "label_shuffle_drop", "emap_gap")]
     groups: dict[tuple, dict[str, Any]] = {}
     for r in rows:
         g = groups.setdefault(tuple(r[k] for k in point_keys), {"bayes": r["bayes_accuracy"]})

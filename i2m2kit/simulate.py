@@ -141,8 +141,9 @@ class SelectionModel:
         """logit p(v=1 | x, x', y) for every class: (N, K)."""
         return self.inter * self.interaction_scores(x, x2) + self.bias
 
-    def _uni_log_posterior(self, x: torch.Tensor, which: int) -> torch.Tensor:
-        # log p(y | x) = log_softmax(log p(y) + log p(x | y)); coordinates past K cancel
+    def uni_log_posterior(self, x: torch.Tensor, which: int) -> torch.Tensor:
+        """log p(y | x) of modality ``which`` (0: x, 1: x'): (N, K)."""
+        # log_softmax(log p(y) + log p(x | y)); coordinates past K cancel
         xs, mu = x[:, None, : self.n_classes], self.means[which][None]
         log_lik = -0.5 * ((xs - mu) ** 2).sum(-1)
         if self.class_conditional[which] == "mixture":
@@ -154,10 +155,14 @@ class SelectionModel:
         ``x``: log p(y|x); ``x2``: log p(y|x'); ``selection``: log p(v=1|x,x',y) - log p(y)."""
         x, x2 = self._split(inputs)
         return {
-            "x": self._uni_log_posterior(x, 0),
-            "x2": self._uni_log_posterior(x2, 1),
-            "selection": F.logsigmoid(self.selection_logits(x, x2)) - self.log_prior,
+            "x": self.uni_log_posterior(x, 0),
+            "x2": self.uni_log_posterior(x2, 1),
+            "selection": self.selection_term(x, x2),
         }
+
+    def selection_term(self, x: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        """The joint expert's exact target, log p(v=1 | x, x', y) - log p(y): (N, K)."""
+        return F.logsigmoid(self.selection_logits(x, x2)) - self.log_prior
 
     def log_posterior(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Exact log p(y | x, x', v=1): (N, K)."""

@@ -91,3 +91,24 @@ def committed_notebook(notebook, parameters):
     for name in parameters:
         assert f"\n{name} = " in f"\n{cell.source}", name
     return nb, code, cell
+
+
+def assert_dependency_report(metrics, verdicts=None) -> dict:
+    """A notebook's "Which dependency dominates?" section ran: every model of the notebook has
+    its shuffle, EMAP and PID numbers, finite, and the verdict is one the report can give
+    (one of ``verdicts`` when given). Returns the report's dict."""
+    import math
+
+    from i2m2kit.diagnostics import VERDICTS
+
+    report = metrics["dependency"]
+    assert report["verdict"] in (verdicts or VERDICTS), report["reasons"]
+    models = {r["model"] for r in report["rows"]}
+    assert {"intra", "inter", "i2m2"} <= models and sum(m.startswith("uni:") for m in models) == 2
+    for r in report["rows"]:
+        for key in ("score", "shuffled", "drop", "shuffled_std", "emap_score", "emap_gap", "both shuffled"):
+            assert math.isfinite(r[key]), (r["model"], key)
+    assert set(report["pid"]) == {"data"} | models
+    for terms in report["pid"].values():
+        assert all(v >= 0 for v in terms.values())
+    return report

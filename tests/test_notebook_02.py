@@ -5,7 +5,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import assert_reproduces_under_nbval, committed_notebook, notebook_errors
+from conftest import assert_dependency_report, assert_reproduces_under_nbval, committed_notebook, notebook_errors
 
 from i2m2kit.runner import run_notebook
 
@@ -31,6 +31,7 @@ def test_committed_notebook_has_no_outputs_and_a_parameters_cell():
 def test_mortality_run_reports_five_models_and_missing_modalities(mortality):
     assert not notebook_errors(mortality["notebook"])
     m = mortality["metrics"]
+    assert_dependency_report(m)
     assert m["task"] == "mortality" and m["splits"] == {"train": 74, "valid": 9, "test": 9}
     assert set(m["models"]) == MODELS
     assert all(0 <= v["accuracy"] <= 1 for v in m["models"].values())
@@ -42,7 +43,7 @@ def test_mortality_run_reports_five_models_and_missing_modalities(mortality):
     assert (Path(mortality["notebook"]).parent / "prepared" / "mimic.npz").exists()
     nb = nbformat.read(mortality["notebook"], as_version=4)
     figures = sum("application/vnd.plotly.v1+json" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
-    assert figures == 6
+    assert figures == 7  # 6, and the dependency report
     assert Path(mortality["notebook"]).stat().st_size < 1_000_000
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 import papermill
 import pytest
-from conftest import assert_reproduces_under_nbval, committed_notebook
+from conftest import assert_dependency_report, assert_reproduces_under_nbval, committed_notebook
 from fastmri_files import miniature_raw
 
 from i2m2kit.runner import data_parameters, run_notebook
@@ -42,6 +42,7 @@ def test_run_reports_five_models_contributions_and_missing_modalities(run03):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
     m = run03["metrics"]
+    assert_dependency_report(m)
     assert m["label"] == "abnormal" and m["selection_metric"] == "auroc"
     assert m["splits"] == {"train": {"volumes": 5, "slices": 55}, "valid": {"volumes": 1, "slices": 18},
                            "test": {"volumes": 1, "slices": 13}}
@@ -55,7 +56,7 @@ def test_run_reports_five_models_contributions_and_missing_modalities(run03):
                                           "uni:magnitude (trained alone)", "uni:phase (trained alone)"}
     assert (Path(run03["notebook"]).parent / "prepared" / "metadata.json").exists()
     figures = sum("application/vnd.plotly.v1+json" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
-    assert figures == 8
+    assert figures == 9  # 8, and the dependency report
     assert Path(run03["notebook"]).stat().st_size < 1_000_000
 
 

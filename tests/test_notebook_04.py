@@ -5,7 +5,7 @@ out-of-distribution sets and COCO pictures); then re-checked with nbval."""
 from pathlib import Path
 
 import pytest
-from conftest import assert_reproduces_under_nbval, committed_notebook, notebook_errors, notebook_figures
+from conftest import assert_dependency_report, assert_reproduces_under_nbval, committed_notebook, notebook_errors, notebook_figures
 from test_prepare_vqa import make_vs
 
 from i2m2kit.runner import run_notebook
@@ -29,12 +29,13 @@ def test_committed_notebook_has_no_outputs_and_a_parameters_cell():
         "dataset", "data_dir", "backbone", "regime", "epochs", "seeds", "device", "output_dir"))
     assert "check_parameter(" in code[code.index(parameters) + 1].source
     assert "i2m2kit" not in nb.metadata  # easy-VQA installs with the package: no data location to find
-    assert sum("nbval-check-output" in c.metadata.get("tags", []) for c in code) == 2
+    assert sum("nbval-check-output" in c.metadata.get("tags", []) for c in code) == 3  # the data, the five models, the dependency report
 
 
 def test_default_run_reports_five_models_question_types_experts_and_a_modality_removed(default_run):
     assert not notebook_errors(default_run["notebook"])
     m = default_run["metrics"]
+    assert_dependency_report(m)
     assert m["dataset"] == "easy-vqa" and m["backbone"] == "scratch" and m["regime"] == "joint"
     assert m["splits"] == {"train": 300, "valid": 3888, "test": 300}
     assert set(m["models"]) == MODELS
@@ -51,7 +52,7 @@ def test_default_run_reports_five_models_question_types_experts_and_a_modality_r
     # examples, models, by answer type, by question type, scatter, experts, Shapley, modality
     # removed; the two sets of chosen questions when there are any
     chosen = (m["question_decides"]["count"] > 0) + (m["joint_overrules"]["count"] > 0)
-    assert notebook_figures(default_run["notebook"]) == 8 + chosen
+    assert notebook_figures(default_run["notebook"]) == 9 + chosen  # with the dependency report
     assert Path(default_run["notebook"]).stat().st_size < 2_000_000
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import assert_reproduces_under_nbval, committed_notebook, notebook_errors, notebook_figures
+from conftest import assert_dependency_report, assert_reproduces_under_nbval, committed_notebook, notebook_errors, notebook_figures
 from nlvr2_files import make_nlvr2
 
 from i2m2kit.runner import run_notebook
@@ -37,6 +37,7 @@ def test_committed_notebook_has_no_outputs_and_a_parameters_cell():
 def test_default_run_reports_five_models_experts_and_a_modality_removed(default_run):
     assert not notebook_errors(default_run["notebook"])
     m = default_run["metrics"]
+    assert_dependency_report(m)
     assert m["splits"] == {"train": 256, "valid": 989, "test": 990}
     assert m["backbone"] == "scratch" and m["regime"] == "joint" and m["dataset"] == "nlvr"
     assert m["renderer_agreement"]["valid"]["pixels_equal"] >= 0.99
@@ -51,7 +52,7 @@ def test_default_run_reports_five_models_experts_and_a_modality_removed(default_
     nb = nbformat.read(default_run["notebook"], as_version=4)
     figures = sum("application/vnd.plotly.v1+json" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
     # examples, models, scatter, experts, Shapley, modality removed; the overruled examples when there are any
-    assert figures == 6 + (m["joint_overrules"]["count"] > 0)
+    assert figures == 7 + (m["joint_overrules"]["count"] > 0)  # with the dependency report
     assert Path(default_run["notebook"]).stat().st_size < 2_000_000
 
 
@@ -97,4 +98,4 @@ def test_nlvr2_run_on_a_miniature_folder_shows_image_pairs_and_five_models(share
     examples = next(o for c in nb.cells if "pictures(\"test\", shown)" in c.source for o in c.outputs)
     rows = examples["data"]["application/vnd.plotly.v1+json"]["layout"]["annotations"]
     assert {"left", "right"} <= {a["text"] for a in rows}  # two panels per example
-    assert notebook_figures(result["notebook"]) == 6 + (m["joint_overrules"]["count"] > 0)
+    assert notebook_figures(result["notebook"]) == 7 + (m["joint_overrules"]["count"] > 0)  # with the dependency report

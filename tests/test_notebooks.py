@@ -9,7 +9,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import assert_reproduces_under_nbval
+from conftest import assert_dependency_report, assert_reproduces_under_nbval
 
 from i2m2kit.runner import run_notebook
 
@@ -35,6 +35,10 @@ def test_committed_notebooks_have_no_outputs_and_a_parameters_cell():
 def test_notebook_00_runs_and_reports_its_numbers(run00):
     m = run00["metrics"]
     assert {"bayes_accuracy", "models", "experts", "term_correlation", "regime_map", "hard_regime_map"} <= set(m)
+    assert_dependency_report(m)
+    assert m["dependency_exact"]["verdict"] == "both"  # intra 1, inter 3: the simulator holds both
+    assert {v["expected_verdict"] for v in m["verdict_map"]} == {"undetermined", "intra-dominated", "inter-dominated", "both"}
+    assert m["pid_without_selection"]["pid"]["synergy"] > 0.05 and m["pid_without_selection"]["verdict"] == "intra-dominated"
     assert set(m["models"]) == {"uni:x", "uni:x2", "intra", "inter", "i2m2"}
     assert 0.5 < m["bayes_accuracy"] < 1
     assert len(m["regime_map"]) == 4 * (5 + 2)  # 2x2 grid, five models joint + two pretrained
@@ -49,7 +53,7 @@ def test_notebook_00_html_draws_its_plots_offline(run00):
     html = Path(run00["html"]).read_text()
     nb = nbformat.read(run00["notebook"], as_version=4)
     figures = sum("application/vnd.plotly.v1+json" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
-    assert figures >= 10
+    assert figures >= 12  # with the dependency report and its verdict map
     assert html.count("Plotly.newPlot(") >= figures  # every figure is drawn by the page itself
     assert not re.search(r"<script[^>]+src=\"https?://[^\"]*plot", html)  # nothing fetched
     assert html.count("plotly.js v") == 1  # the library inlined once
