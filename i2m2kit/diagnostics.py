@@ -258,17 +258,19 @@ def cross_sample_shuffle(models: Mapping[str, I2M2], data: Dataset, *, metric: s
     metric = metric or DEFAULT_METRIC[head]
     base = dict(predictions or _predict_all(models, data, **predict_kwargs))
     targets = next(iter(base.values())).targets
+    a, b = mods
     g = torch.Generator().manual_seed(seed)
-    perm = {m: torch.randperm(len(targets), generator=g) for m in mods}
-    conditions = {"normal": {}, f"{mods[0]} shuffled": {mods[0]: perm[mods[0]]},
-                  f"{mods[1]} shuffled": {mods[1]: perm[mods[1]]}, "both shuffled": perm}
+    rho, pi = torch.randperm(len(targets), generator=g), torch.randperm(len(targets), generator=g)
     rows = []
     for name, model in models.items():
-        row = {"model": name, "metric": metric}
-        for condition, orders in conditions.items():
-            z = repaired_logits(model, data, base[name], orders, **predict_kwargs) if orders else base[name].logits
-            row[condition] = score(z, targets, head, metric)
-        rows.append(row)
+        # One evaluation of the pairs (x_j, x'_rho(j)) gives all three conditions, each with uniform
+        # shuffles: b shuffled is row i; a shuffled (x'_i beside another x) is row rho^-1(i);
+        # both shuffled (x from pi(i), x' from rho(pi(i))) is row pi(i). Targets stay y_i.
+        z = repaired_logits(model, data, base[name], {b: rho}, **predict_kwargs)
+        conditions = {"normal": base[name].logits, f"{a} shuffled": z[rho.argsort()], f"{b} shuffled": z,
+                      "both shuffled": z[pi]}
+        rows.append({"model": name, "metric": metric,
+                     **{c: score(logits, targets, head, metric) for c, logits in conditions.items()}})
     return rows
 
 
@@ -281,7 +283,7 @@ def _materialise(data: Dataset, rows: torch.Tensor) -> TensorData:
     return TensorData(inputs, torch.stack([torch.as_tensor(it[1]) for it in items]))
 
 
-def emap(models: Mapping[str, I2M2], data: Dataset, *, references: int = 16, max_examples: int = 2000,
+def emap(models: Mapping[str, I2M2], data: Dataset, *, references: int = 8, max_examples: int = 2000,
          metric: str | None = None, seed: int = 0, **predict_kwargs: Any) -> list[dict[str, Any]]:
     """The empirical multimodally-additive projection (Hessel and Lee, EMNLP 2020).
 
@@ -497,7 +499,7 @@ def subset(data: Dataset, rows: torch.Tensor) -> Dataset:
 
 
 def dependency_report(models: Mapping[str, I2M2], data: Dataset, *, repeats: int = 10, references: int = 8,
-                      max_examples: int = 4000, emap_examples: int = 1000, clusters: int = 8,
+                      max_examples: int = 2000, emap_examples: int = 500, clusters: int = 8,
                       metric: str | None = None, features: Mapping[str, torch.Tensor] | None = None,
                       seed: int = 0, progress: bool = False, **predict_kwargs: Any) -> DependencyReport:
     """Every diagnostic for a set of trained models (e.g. ``{"uni:x": ..., "intra": ...,
