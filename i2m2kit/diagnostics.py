@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .experts import I2M2
-from .metrics import evaluate_probs
+from .metrics import evaluate_probs, vqa_score
 from .train import Predictions, TensorData, predict
 
 # The verdict's thresholds. An effect counts when it is larger than Z_SCORE of its noise
@@ -67,7 +67,7 @@ def score(logits: torch.Tensor, targets: torch.Tensor, head: str, metric: str) -
     if metric == "accuracy" and head == "multiclass":
         return float((logits.argmax(1) == label_codes(targets, head)).double().mean())
     if metric == "vqa_score" and head == "answers":
-        return float(targets.double()[torch.arange(len(logits)), logits.argmax(1)].mean())
+        return vqa_score(logits.numpy(), targets.numpy())
     if metric == "auroc" and head == "multilabel":  # the mean over the labels where it is defined, as evaluate's
         y, z = targets.numpy().astype(int), logits.double().numpy()
         defined = [j for j in range(y.shape[1]) if y[:, j].min() != y[:, j].max()]
@@ -89,10 +89,8 @@ def log_likelihood(model: I2M2, logits: torch.Tensor, targets: torch.Tensor) -> 
 def baseline_score(targets: torch.Tensor, head: str, metric: str) -> float:
     """The score of the best constant prediction: the majority class (accuracy), chance
     (AUROC), the answer that scores best on average (VQA score)."""
-    t = targets.double()
-    mean = torch.bincount(targets, minlength=1).double() / len(targets) if t.ndim == 1 else t.mean(0)
-    k = int(targets.max()) + 1 if t.ndim == 1 else t.shape[1]
-    mean = torch.nn.functional.pad(mean, (0, k - len(mean))).clamp(1e-6, 1 - 1e-6)
+    mean = torch.bincount(targets).double() / len(targets) if targets.ndim == 1 else targets.double().mean(0)
+    mean = mean.clamp(1e-6, 1 - 1e-6)
     logits = mean.log() if head == "multiclass" else (mean / (1 - mean)).log()
     return score(logits.expand(len(targets), -1).float(), targets, head, metric)
 
@@ -236,11 +234,10 @@ def label_preserving_shuffle(models: Mapping[str, I2M2], data: Dataset, *, modal
             z = repaired_logits(model, data, base[name], {modality: order}, **predict_kwargs)
             shuffled.append(score(z, targets, head, metric))
             shuffled_ll.append(log_likelihood(model, z, targets))
-        std = float(np.std(shuffled, ddof=1))
+        mean, std = float(np.mean(shuffled)), float(np.std(shuffled, ddof=1))
         rows.append({
-            "model": name, "metric": metric, "score": real,
-            "shuffled": float(np.mean(shuffled)), "shuffled_std": std, "drop": real - float(np.mean(shuffled)),
-            "z": (real - float(np.mean(shuffled))) / std if std > 0 else None,  # None: every shuffle scored alike
+            "model": name, "metric": metric, "score": real, "shuffled": mean, "shuffled_std": std, "drop": real - mean,
+            "z": (real - mean) / std if std > 0 else None,  # None: every shuffle scored alike
             "p_value": (1 + sum(s >= real for s in shuffled)) / (repeats + 1),
             "log_likelihood": real_ll, "log_likelihood_drop": real_ll - float(np.mean(shuffled_ll)),
             "log_likelihood_drop_std": float(np.std(shuffled_ll, ddof=1)), "repeats": repeats,
@@ -284,7 +281,8 @@ def _materialise(data: Dataset, rows: torch.Tensor) -> TensorData:
 
 
 def emap(models: Mapping[str, I2M2], data: Dataset, *, references: int = 8, max_examples: int = 2000,
-         metric: str | None = None, seed: int = 0, **predict_kwargs: Any) -> list[dict[str, Any]]:
+         metric: str | None = None, seed: int = 0, predictions: Mapping[str, Predictions] | None = None,
+         **predict_kwargs: Any) -> list[dict[str, Any]]:
     """The empirical multimodally-additive projection (Hessel and Lee, EMNLP 2020).
 
     ``f_emap(x_i, x'_i) = mean_j f(x_i, x'_j) + mean_j f(x_j, x'_i) - mean_jk f(x_j, x'_k)`` on
@@ -294,7 +292,9 @@ def emap(models: Mapping[str, I2M2], data: Dataset, *, references: int = 8, max_
     means run over ``references`` examples drawn from the sample (one set for all three
     terms: for an additive f the projection is then exact, whatever the draw), on at most
     ``max_examples`` examples. Returns one row per model: score, emap_score, gap, and the
-    log-likelihood gap; models without a joint expert have gap 0 by construction.
+    log-likelihood gap; models without a joint expert have gap 0 by construction. Given the
+    models' ``predictions`` on all of ``data`` (as the report has them), the sample is not
+    predicted again.
     """
     head, (a, b) = _check(models)
     metric = metric or DEFAULT_METRIC[head]
@@ -305,7 +305,12 @@ def emap(models: Mapping[str, I2M2], data: Dataset, *, references: int = 8, max_
     refs = torch.randperm(len(sample), generator=g)[:references]
     out = []
     for name, model in models.items():
-        base = predict(model, sample, **predict_kwargs)
+        if predictions is None:
+            base = predict(model, sample, **predict_kwargs)
+        else:  # the rows of the sample in predictions on all of data
+            p = predictions[name]
+            base = Predictions(p.logits[rows_used], {e: z[rows_used] for e, z in p.expert_logits.items()},
+                               p.targets[rows_used], p.head)
         targets = base.targets
         joint = [n_ for n_ in _joint_names(model) if n_ in base.expert_logits]
         row = {"model": name, "metric": metric, "score": score(base.logits, targets, head, metric),
@@ -546,7 +551,7 @@ def dependency_report(models: Mapping[str, I2M2], data: Dataset, *, repeats: int
 
     started = time.perf_counter()
     for r in emap(models, data, references=references, max_examples=emap_examples, metric=metric, seed=seed,
-                  **predict_kwargs):
+                  predictions=base, **predict_kwargs):
         rows[r["model"]].update(emap_score=r["emap_score"], emap_gap=r["gap"],
                                 emap_log_likelihood_gap=r["log_likelihood_gap"], emap_examples=r["examples"])
     step("emap", started)

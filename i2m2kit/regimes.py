@@ -70,7 +70,7 @@ def regime_map(
             train = TensorData({k: v[:n].cpu() for k, v in train_all.inputs.items()}, train_all.y[:n].cpu())
             for regime in regimes:
                 names = None if regime == "joint" else PRETRAINED_MODELS
-                trained: dict = {}
+                trained: dict | None = {} if diagnose and regime == "joint" else None
                 point_rows = []
                 for r in compare_models(
                     lambda: synthetic.build_model(sim.dims, sim.n_classes, hidden),
