@@ -452,21 +452,88 @@ def pair_recordings(labels: np.ndarray, recordings: list[Sound], rng: np.random.
     return chosen
 
 
-def build_audio(labels: np.ndarray, recordings: list[Sound], clips: list[Sound], snr_db: float,
+@dataclass
+class Pairing:
+    """What each example of a split shows and says: its image (an index into the split's
+    images), the digit the image shows, the digit the recording says, the recording of an
+    inter-modality pair (an index into the split's recordings; -1 for a published pair, whose
+    recording is drawn as published) and whether the pair is an inter-modality one."""
+
+    image: np.ndarray
+    shown: np.ndarray
+    heard: np.ndarray
+    recording: np.ndarray
+    inter: np.ndarray
+
+
+def _pick(digits: np.ndarray, wanted: np.ndarray, u: np.ndarray, what: str, where: str) -> np.ndarray:
+    """For each wanted digit, the item of that digit at the uniform position ``u`` in [0, 1)."""
+    chosen = np.empty(len(wanted), np.int64)
+    for digit in np.unique(wanted):
+        pool = np.flatnonzero(digits == digit)
+        if len(pool) == 0:
+            raise PrepareError(f"no {what} of the digit {digit} {where}, for an inter-modality pair")
+        where = np.flatnonzero(wanted == digit)
+        chosen[where] = pool[(u[where] * len(pool)).astype(np.int64)]
+    return chosen
+
+
+def pair_digits(labels: np.ndarray, image_digits: np.ndarray, recordings: list[Sound], inter_share: float,
+                rng: np.random.Generator) -> Pairing:
+    """The published pairing (image i, a recording of its label) for all but ``inter_share``
+    of the examples; for those, the image shows a digit a drawn uniformly (a random image of
+    the split) and the recording says (y - a) mod 10.
+
+    The label y keeps its published distribution; a is independent of y, and so is
+    (y - a) mod 10 because a is uniform: neither modality alone says anything about y. Every
+    random choice is made per example whatever the share, and examples turn into
+    inter-modality pairs in one random order, so the shares are nested: an example is either
+    its published pair or always the same inter-modality pair.
+    """
+    n = len(labels)
+    order, a, u_image, u_recording = rng.permutation(n), rng.integers(10, size=n), rng.random(n), rng.random(n)
+    inter = np.zeros(n, bool)
+    inter[order[:round(inter_share * n)]] = True
+    shown, heard = np.where(inter, a, labels), np.where(inter, (labels - a) % 10, labels)
+    image, recording = np.arange(n), np.full(n, -1)
+    image[inter] = _pick(image_digits, shown[inter], u_image[inter], "image", f"among the split's first {n}")
+    recording[inter] = _pick(np.array([r.label for r in recordings]), heard[inter], u_recording[inter],
+                             "recording", f"among the speakers {sorted({r.group for r in recordings})}")
+    return Pairing(image, shown, heard, recording, inter)
+
+
+def build_audio(labels: np.ndarray, pairing: Pairing, recordings: list[Sound], clips: list[Sound], snr_db: float,
                 rng: np.random.Generator, desc: str, progress: bool) -> tuple[np.ndarray, list[dict]]:
-    """The spectrogram of a noisy recording of each label's digit, and what made each one."""
+    """The spectrogram of a noisy recording of each pair's heard digit, and what made each one.
+
+    The recordings, noise clips and offsets are drawn as published for every pair; an
+    inter-modality pair then swaps in its own recording, mixed with the same noise.
+    """
     which = pair_recordings(labels, recordings, rng)
-    noise = rng.integers(len(clips), size=len(labels))
-    offsets = rng.random(len(labels))
-    audio = np.empty((len(labels), SPECTROGRAM_SIZE, SPECTROGRAM_SIZE), np.uint8)
+    n = len(labels)
+    noise = rng.integers(len(clips), size=n)
+    offsets = rng.random(n)
+    which = np.where(pairing.inter, pairing.recording, which)
+    audio = np.empty((n, SPECTROGRAM_SIZE, SPECTROGRAM_SIZE), np.uint8)
     pairs = []
-    for i in tqdm(range(len(labels)), desc=desc, disable=not progress):
+    for i in tqdm(range(n), desc=desc, disable=not progress):
         speech, clip = recordings[which[i]], clips[noise[i]]
         offset = int(offsets[i] * len(clip.samples))
         audio[i] = spectrogram(mix(speech.samples, clip.samples, offset, snr_db))
-        pairs.append({"label": int(labels[i]), "recording": speech.name, "speaker": speech.group,
+        pairs.append({"recording": speech.name, "speaker": speech.group,
                       "noise_clip": clip.name, "noise_class": clip.label, "noise_offset": offset})
     return audio, pairs
+
+
+def pair_rows(labels: np.ndarray, pairing: Pairing, sounds: list[dict], inter_share: float) -> list[dict]:
+    """The rows of ``<split>_pairs.csv``; the image and digit columns only when some pairs are
+    inter-modality ones (at share 0 the file is the published build's, byte for byte)."""
+    rows = []
+    for i, sound in enumerate(sounds):
+        kind = ({"image_index": int(pairing.image[i]), "digit_shown": int(pairing.shown[i]),
+                 "digit_heard": int(pairing.heard[i]), "inter": int(pairing.inter[i])} if inter_share > 0 else {})
+        rows.append({"label": int(labels[i]), **kind, **sound})
+    return rows
 
 
 # ---------------------------------------------------------------------- download
@@ -577,12 +644,16 @@ def prepare(raw: str | os.PathLike, out: str | os.PathLike, *, seed: int = 0, n_
             n_test: int = N_TEST, image_energy: float = IMAGE_ENERGY, snr_db: float = SNR_DB,
             test_speakers=TEST_SPEAKERS, test_noise_classes=TEST_NOISE_CLASSES,
             generated_noise: bool = False, overwrite: bool = False, download_missing: bool = False,
-            mirror: str | None = None, progress: bool = True) -> dict:
+            mirror: str | None = None, progress: bool = True, inter_share: float = 0.0) -> dict:
     """Build AV-MNIST from ``raw`` into the folder ``out`` (written whole or not at all).
 
     Returns the metadata written to ``out/metadata.json``. ``n_train`` and ``n_test`` take
-    the first images of each MNIST split (a subset for quick runs).
+    the first images of each MNIST split (a subset for quick runs). ``inter_share``: the
+    share of pairs whose label lives only in the relation of image and recording (see
+    ``pair_digits``); 0 is the published benchmark.
     """
+    if not (isinstance(inter_share, (int, float)) and 0 <= inter_share <= 1):  # NaN too
+        raise PrepareError(f"inter_share must be a number from 0 to 1, got {inter_share!r}")
     raw, out = Path(raw), Path(out)
     if problem := output_folder_problem(out, overwrite, [raw / "mnist", raw / "fsdd", raw / "esc50"]):
         raise PrepareError(problem)
@@ -608,13 +679,19 @@ def prepare(raw: str | os.PathLike, out: str | os.PathLike, *, seed: int = 0, n_
             raise PrepareError(f"n_{split}={n}: MNIST's {split} split has {len(mnist[split][1])} images")
     (train_images, train_labels), (test_images, test_labels) = (
         (mnist[s][0][:n], mnist[s][1][:n]) for s, n in (("train", n_train), ("test", n_test)))
-    train_images, test_images, pca = degrade_images(train_images, test_images, image_energy)
+    *degraded, pca = degrade_images(train_images, test_images, image_energy)
 
-    # One random stream per split: the test pairs do not depend on the number of training pairs.
-    train_audio, train_pairs = build_audio(train_labels, train_recordings, train_clips, snr_db,
-                                           np.random.default_rng([seed, 0]), "train audio", progress)
-    test_audio, test_pairs = build_audio(test_labels, test_recordings, test_clips, snr_db,
-                                         np.random.default_rng([seed, 1]), "test audio", progress)
+    # One random stream per split and per choice: the test pairs do not depend on the number
+    # of training pairs, and the published pairs not on the share of inter-modality ones.
+    images = dict(zip(("train", "test"), degraded))
+    splits = {"train": (train_labels, train_recordings, train_clips), "test": (test_labels, test_recordings, test_clips)}
+    pairing, audio, pairs = {}, {}, {}
+    for k, (split, (labels, recs, noise_clips)) in enumerate(splits.items()):
+        pairing[split] = pair_digits(labels, labels, recs, inter_share, np.random.default_rng([seed, 2 + k]))
+        images[split] = images[split][pairing[split].image]
+        audio[split], sounds = build_audio(labels, pairing[split], recs, noise_clips, snr_db,
+                                           np.random.default_rng([seed, k]), f"{split} audio", progress)
+        pairs[split] = pair_rows(labels, pairing[split], sounds, inter_share)
 
     metadata = {
         "dataset": "AV-MNIST", "layout": "MultiBench avmnist", "format_version": FORMAT_VERSION,
@@ -638,17 +715,25 @@ def prepare(raw: str | os.PathLike, out: str | os.PathLike, *, seed: int = 0, n_
         "inputs": {"mnist": mnist_checks, "fsdd": fsdd_checks, "esc50": esc50_checks},
         "calibration": CALIBRATION,
     }
+    if inter_share > 0:  # at 0 the metadata is the published build's, byte for byte
+        metadata["inter_share"] = inter_share
+        metadata["inter_pairs"] = {
+            "recipe": "for this share of the pairs of each split, chosen at random, the image shows a digit a "
+                      "drawn uniformly (a random image of the split) and the recording says (label - a) mod 10, "
+                      "mixed with the pair's published noise; the other pairs are the published ones (both show "
+                      "the label). Nested: at every share an example is its published pair or the same "
+                      "inter-modality pair, and a larger share turns more examples, in one random order",
+            "counts": {split: int(p.inter.sum()) for split, p in pairing.items()},
+            "pairs_csv_columns": ["image_index", "digit_shown", "digit_heard", "inter"]}
     with atomic_path(out) as tmp:
         for folder in ("image", "audio"):
             (tmp / folder).mkdir(parents=True)
-        np.save(tmp / "image" / "train_data.npy", train_images)
-        np.save(tmp / "image" / "test_data.npy", test_images)
-        np.save(tmp / "audio" / "train_data.npy", train_audio)
-        np.save(tmp / "audio" / "test_data.npy", test_audio)
-        np.save(tmp / "train_labels.npy", train_labels)
-        np.save(tmp / "test_labels.npy", test_labels)
-        _write_pairs(train_pairs, tmp / "train_pairs.csv")
-        _write_pairs(test_pairs, tmp / "test_pairs.csv")
+        for split, (labels, _, _) in splits.items():
+            np.save(tmp / "image" / f"{split}_data.npy", images[split])
+            np.save(tmp / "audio" / f"{split}_data.npy", audio[split])
+            np.save(tmp / f"{split}_labels.npy", labels)
+        for split in splits:
+            _write_pairs(pairs[split], tmp / f"{split}_pairs.csv")
         (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2))
     return metadata
 
@@ -668,6 +753,10 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"speech-to-noise ratio of the mixed recordings in dB (default {SNR_DB})")
     parser.add_argument("--test-speakers", nargs="+", default=list(TEST_SPEAKERS), metavar="SPEAKER")
     parser.add_argument("--test-noise-classes", nargs="+", type=int, default=list(TEST_NOISE_CLASSES), metavar="TARGET")
+    parser.add_argument("--inter-share", type=float, default=0.0, metavar="RHO",
+                        help="share (0-1) of pairs whose label is only in the relation of the two modalities: "
+                             "the image shows a random digit a, the recording says (label - a) mod 10 "
+                             "(default 0: the published benchmark)")
     parser.add_argument("--generated-noise", action="store_true",
                         help="mix generated noise instead of ESC-50 clips (for users without them)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -682,13 +771,15 @@ def main(argv: list[str] | None = None) -> int:
                            image_energy=args.image_energy, snr_db=args.snr_db,
                            test_speakers=args.test_speakers, test_noise_classes=args.test_noise_classes,
                            generated_noise=args.generated_noise, overwrite=args.overwrite,
-                           download_missing=args.download, mirror=args.mirror, progress=not args.no_progress)
+                           download_missing=args.download, mirror=args.mirror, progress=not args.no_progress,
+                           inter_share=args.inter_share)
     except PrepareError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.out}: {metadata['sizes']['train']} train and {metadata['sizes']['test']} test pairs; "
           f"image: {metadata['image']['components']} principal components; audio: SNR {args.snr_db:g} dB; "
-          f"test speakers {metadata['speakers']['test']}")
+          f"test speakers {metadata['speakers']['test']}"
+          + (f"; inter-modality pairs: {metadata['inter_pairs']['counts']}" if args.inter_share > 0 else ""))
     return 0
 
 

@@ -13,6 +13,7 @@ when the folder is not there.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -83,13 +84,13 @@ def data_parameters(notebook: str | os.PathLike, data_root: str | os.PathLike,
 
 def check_parameter(name: str, value: Any, kind: type | tuple[type, ...] | None = None, low: float | None = None,
                     high: float | None = None, choices: Sequence[Any] | None = None,
-                    items: type | None = None) -> None:
+                    items: type | tuple[type, ...] | None = None) -> None:
     """A notebook's first cells call this for each parameter, so that a bad value fails at
     once with a message naming the parameter, not deep inside training.
 
     ``kind``: accepted type(s) (an int is accepted where float is asked); ``low``/``high``:
-    inclusive bounds; ``choices``: the allowed values; ``items``: a non-empty list or tuple
-    whose elements are of this type."""
+    inclusive bounds (NaN refused); ``choices``: the allowed values; ``items``: a non-empty
+    list or tuple whose elements are of this type (or types)."""
     def fail(why: str) -> None:
         raise ValueError(f"parameter {name}={value!r}: {why}")
 
@@ -99,6 +100,8 @@ def check_parameter(name: str, value: Any, kind: type | tuple[type, ...] | None 
             kinds += (int,)
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             fail(f"expected {' or '.join(k.__name__ for k in kinds)}, got {type(value).__name__}")
+    if isinstance(value, float) and math.isnan(value):  # every comparison with NaN is False: it passes bounds
+        fail("must be a number, not NaN")
     if choices is not None and value not in choices:
         fail(f"must be one of {list(choices)}")
     if low is not None and value < low:
@@ -106,10 +109,12 @@ def check_parameter(name: str, value: Any, kind: type | tuple[type, ...] | None 
     if high is not None and value > high:
         fail(f"must be at most {high}")
     if items is not None:
+        item_kinds = items if isinstance(items, tuple) else (items,)
+        named = " or ".join(k.__name__ for k in item_kinds)
         if not isinstance(value, (list, tuple)) or not value:
-            fail(f"expected a non-empty list of {items.__name__}")
-        if not all(isinstance(v, items) and not isinstance(v, bool) for v in value):
-            fail(f"every element must be {items.__name__}")
+            fail(f"expected a non-empty list of {named}")
+        if not all(isinstance(v, item_kinds) and not isinstance(v, bool) for v in value):
+            fail(f"every element must be {named}")
 
 
 def check_known_parameters(notebook: str | os.PathLike, parameters: Mapping[str, Any]) -> None:

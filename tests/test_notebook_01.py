@@ -2,6 +2,7 @@
 re-checked with nbval."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from conftest import assert_dependency_report, assert_reproduces_under_nbval, committed_notebook, notebook_errors, notebook_figures
 
 from i2m2kit.runner import data_parameters, run_notebook
+from i2m2kit.tasks import avmnist_spectrum as spectrum
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "01_avmnist.ipynb"
@@ -33,7 +35,7 @@ def executed(result):
 def test_committed_notebook_has_its_parameters_and_says_its_defaults_are_a_subset():
     nb, _, _ = committed_notebook(NOTEBOOK, (
         "raw_dir", "download", "prepared_dir", "n_train", "n_test", "valid_size", "regime", "epochs",
-        "seeds", "device", "output_dir"))
+        "seeds", "inter_shares", "contribution_share", "device", "output_dir"))
     text = " ".join(c.source for c in nb.cells if c.cell_type == "markdown")
     assert "not the published setting" in text and "72.38" in text
     assert nb.metadata["i2m2kit"]["data_requires"] == ["mnist", "fsdd", "esc50"]
@@ -61,21 +63,50 @@ def test_tiny_run_builds_the_pairs_trains_the_five_models_and_reports_them(tiny)
     prepared = Path(tiny["notebook"]).parent / "prepared_400_200"
     labels = np.load(prepared / "train_labels.npy")
     assert len(labels) == 400 and np.load(prepared / "audio" / "test_data.npy").shape == (200, 112, 112)
-    assert notebook_figures(tiny["notebook"]) >= 8
+    assert notebook_figures(tiny["notebook"]) >= 10
     assert Path(tiny["notebook"]).stat().st_size < 1_000_000  # pictures stored as PNG, not as numbers
     html = Path(tiny["html"]).read_text()
     assert html.count("plotly.js v") == 1 and html.count("Plotly.newPlot(") >= notebook_figures(tiny["notebook"])
 
 
+def test_the_spectrum_section_trains_every_share_and_shows_who_decides(tiny):
+    m = tiny["metrics"]
+    rows = {(r["share"], r["model"]): r for r in m["spectrum"]}
+    assert set(rows) == {(s, model) for s in (0.0, 0.5, 1.0) for model in MODELS | {spectrum.REFERENCE}}
+    for (share, model), r in rows.items():
+        assert 0 <= r["accuracy"] <= 1 and r["regime"] == "pretrain_finetune" and r["seed"] == 0
+        # each kind of pair scored where there is one; NaN where there is none
+        assert math.isnan(r["accuracy_inter"]) == (share == 0) and math.isnan(r["accuracy_published"]) == (share == 1)
+        assert (r["shuffle_drop"] is None) == (model.startswith("uni:") or model == spectrum.REFERENCE)
+        if share == 0.5:
+            assert r["accuracy"] == pytest.approx((r["accuracy_published"] + r["accuracy_inter"]) / 2)
+    # share 0 is the benchmark of section 2, not a new run
+    assert rows[0.0, "i2m2"]["accuracy"] == pytest.approx(m["models"]["i2m2"]["accuracy"])
+    out = Path(tiny["notebook"]).parent
+    for share in (0.5, 1.0):
+        meta = json.loads((out / f"prepared_400_200_inter{share:g}" / "metadata.json").read_text())
+        assert meta["inter_share"] == share and meta["inter_pairs"]["counts"] == {"train": 400 * share, "test": 200 * share}
+    deciders = m["spectrum_deciders"]
+    assert deciders["share"] == 0.5
+    assert {(r["pairs"], r["expert"]) for r in deciders["rows"]} == {
+        (kind, e) for kind in ("published pairs", "inter-modality pairs") for e in ("image", "audio", "joint")}
+    for kind in ("published pairs", "inter-modality pairs"):
+        assert sum(r["decides"] for r in deciders["rows"] if r["pairs"] == kind) == pytest.approx(1)
+        assert {r["count"] for r in deciders["rows"] if r["pairs"] == kind} == {100}
+
+
 def test_a_prepared_folder_is_used_as_is_and_the_joint_regime_runs(tiny, tmp_path):
     prepared = Path(tiny["notebook"]).parent / "prepared_400_200"
+    # without the raw files only share 0, the prepared folder itself, can be in the spectrum
     result = run_notebook(NOTEBOOK, tmp_path, {**TINY, "raw_dir": "/nonexistent", "prepared_dir": str(prepared),
-                                               "regime": "joint", "seeds": [0, 1]}, progress=False)
+                                               "regime": "joint", "seeds": [0, 1], "inter_shares": [0.0],
+                                               "contribution_share": 0.0}, progress=False)
     assert not notebook_errors(result["notebook"])
     m = result["metrics"]
     assert m["regime"] == "joint" and m["seeds"] == [0, 1] and set(m["models"]) == MODELS
     outputs = json.dumps([c.get("outputs", []) for c in executed(result).cells])
     assert "wrote " not in outputs  # nothing rebuilt
+    assert {r["share"] for r in m["spectrum"]} == {0.0} and m["spectrum_deciders"]["rows"][0]["pairs"] == "published pairs"
 
 
 def test_tiny_run_reproduces_under_nbval(tiny):

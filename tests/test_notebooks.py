@@ -88,6 +88,9 @@ def test_the_data_parameter_points_at_the_data_root(shared_data):
     ("01_avmnist.ipynb", {"epochs": 0}, "epochs=0: must be at least 1"),
     ("01_avmnist.ipynb", {"regime": "staged"}, "regime='staged': must be one of"),
     ("01_avmnist.ipynb", {"seeds": "0"}, "seeds='0': expected a non-empty list of int"),
+    ("01_avmnist.ipynb", {"inter_shares": [0, 1.5]}, "inter_shares[1]=1.5: must be at most 1"),
+    ("01_avmnist.ipynb", {"inter_shares": [0.0, "half"]}, "inter_shares=[0.0, 'half']: every element must be int or float"),
+    ("01_avmnist.ipynb", {"contribution_share": 0.25}, "contribution_share=0.25: must be one of [0.0, 0.5, 1.0]"),
     ("02_mimic.ipynb", {"task": "mortalty"}, "task='mortalty': must be one of"),
     ("02_mimic.ipynb", {"n_train": 10}, "unknown parameter n_train"),
 ])
@@ -110,3 +113,12 @@ def test_a_parameter_no_notebook_takes_is_refused_by_the_main_job(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "i2m2kit", "run", "--only", "00", "02", "-p", "epochz", "3",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 2 and "epochz" in proc.stderr
+
+
+def test_a_nan_parameter_is_refused_where_bounds_are_asked():
+    from i2m2kit.runner import check_parameter
+
+    for bounds in ({"low": 0}, {"high": 1}, {"low": 0, "high": 1}):
+        with pytest.raises(ValueError, match="share=nan: must be a number, not NaN"):
+            check_parameter("share", float("nan"), kind=float, **bounds)
+    check_parameter("share", 0.5, kind=float, low=0, high=1)  # a number in range passes

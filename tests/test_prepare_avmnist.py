@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import functools
 import gzip
+import hashlib
 import http.server
 import json
 import shutil
@@ -217,11 +218,89 @@ def test_missing_folders_are_named(prep, shared_data, tmp_path):
 
 
 @pytest.mark.parametrize("option, message", [(dict(seed=-1), "seed must be a non-negative integer"),
-                                             (dict(snr_db=float("nan")), "snr_db must be a finite number")])
-def test_bad_option_is_refused_before_any_work(prep, shared_data, tmp_path, option, message):
+                                             (dict(snr_db=float("nan")), "snr_db must be a finite number")]
+                         + [(dict(inter_share=v), "inter_share must be a number from 0 to 1")
+                            for v in (float("nan"), -0.1, 1.5, "0.5", None)])
+def test_bad_option_is_refused_before_any_work(prep, shared_data, tmp_path, monkeypatch, option, message):
+    monkeypatch.setattr(prep, "load_noise_clips", None)  # the first input read: not reached
     with pytest.raises(prep.PrepareError, match=message):
         prep.prepare(shared_data, tmp_path / "out", **SMALL, **option)
     assert not (tmp_path / "out").exists()
+
+
+def test_bad_inter_share_on_the_command_line(prep, shared_data, tmp_path, capsys):
+    assert prep.main(["--raw", str(shared_data), "--out", str(tmp_path / "out"), "--inter-share", "nan"]) == 2
+    assert capsys.readouterr().err.strip() == "error: inter_share must be a number from 0 to 1, got nan"
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------- inter-modality pairs
+
+# sha256 of the files that the published recipe's random choices decide (seed 0, SMALL), as
+# built before --inter-share existed: share 0 must stay the published benchmark. (The
+# arrays also depend on the PCA's and the FFT's floating point, so they are compared with a
+# build of the same machine, below.)
+PUBLISHED_BUILD = {
+    "train_pairs.csv": "22881f11d8e630d53e6bc1b8d3d5c82338337c9bc5f34e7a719d4e177e08f531",
+    "test_pairs.csv": "a555d8fecc4f9f61f02a6b235fbecaad8e2ab858956f0b317de4848ae41de768",
+    "train_labels.npy": "f1589ae223504eb90761537ed158f641a398633a4411763764c032cbc5cd4690",
+    "test_labels.npy": "724a6b34daed6b875da8dc6768bb14e37192e9f9f01d886bf097bd0abcd8820b",
+}
+
+
+def test_share_zero_is_the_published_build(built):
+    out, metadata = built
+    assert {name: hashlib.sha256((out / name).read_bytes()).hexdigest() for name in PUBLISHED_BUILD} == PUBLISHED_BUILD
+    assert "inter_share" not in metadata and avmnist.inter_share(out) == 0.0
+    assert not any(m.any() for m in avmnist.inter_pairs(out, valid_size=100).values())
+
+
+@pytest.fixture(scope="module")
+def half(prep, shared_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("avmnist-half") / "data"
+    return out, prep.prepare(shared_data, out, seed=0, inter_share=0.5, **SMALL)
+
+
+def test_inter_pairs_carry_the_label_only_in_their_relation(built, half):
+    published, _ = built
+    out, metadata = half
+    assert metadata["inter_share"] == 0.5 == avmnist.inter_share(out)
+    assert metadata["inter_pairs"]["counts"] == {"train": 300, "test": 100}
+    for split in ("train", "test"):
+        pairs, labels = read_pairs(out / f"{split}_pairs.csv"), np.load(out / f"{split}_labels.npy")
+        mnist_digits = np.load(published / f"{split}_labels.npy")  # the digit each MNIST image shows
+        images, mnist_images = np.load(out / f"image/{split}_data.npy"), np.load(published / f"image/{split}_data.npy")
+        assert np.array_equal(labels, mnist_digits)  # the labels keep their published distribution
+        for i, p in enumerate(pairs):
+            label, image, shown, heard = (int(p[k]) for k in ("label", "image_index", "digit_shown", "digit_heard"))
+            assert label == labels[i] and int(p["recording"].split("_")[0]) == heard  # the recording says it
+            assert mnist_digits[image] == shown and np.array_equal(images[i], mnist_images[image])  # the image shows it
+            if p["inter"] == "1":
+                assert (shown + heard) % 10 == label
+            else:
+                assert p["inter"] == "0" and image == i and shown == heard == label
+        inter = np.array([p["inter"] == "1" for p in pairs])
+        assert inter.sum() == len(pairs) // 2
+        # neither modality alone predicts the label on inter pairs: as often right as chance
+        shown = np.array([int(p["digit_shown"]) for p in pairs])[inter]
+        assert abs(np.mean(shown == labels[inter]) - 0.1) < 0.08
+    speakers = {s: {p["speaker"] for p in read_pairs(out / f"{s}_pairs.csv")} for s in ("train", "test")}
+    assert speakers["train"].isdisjoint(speakers["test"]) and speakers["test"] == {"yweweler"}
+    masks = avmnist.inter_pairs(out, valid_size=100)
+    assert [len(masks[s]) for s in ("train", "valid", "test")] == [500, 100, 200]
+    everything = np.concatenate([masks["train"], masks["valid"]])
+    assert everything.tolist() == [p["inter"] == "1" for p in read_pairs(out / "train_pairs.csv")]
+
+
+def test_the_shares_are_nested_by_the_seed(prep, shared_data, half, tmp_path):
+    """Everything but the pairing is as published: the same noise clips and offsets for every pair."""
+    out, _ = half
+    full = tmp_path / "full"
+    prep.prepare(shared_data, full, seed=0, inter_share=1.0, **SMALL)
+    for split in ("train", "test"):
+        a, b = read_pairs(out / f"{split}_pairs.csv"), read_pairs(full / f"{split}_pairs.csv")
+        assert all(p["inter"] == "1" for p in b)
+        assert [(p["noise_clip"], p["noise_offset"]) for p in a] == [(p["noise_clip"], p["noise_offset"]) for p in b]
 
 
 def test_output_over_the_raw_folder_is_refused(prep, shared_data, tmp_path):

@@ -16,7 +16,9 @@ the same layout) and the experts of the published I2M2 code:
 
 from __future__ import annotations
 
+import csv
 import functools
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -110,6 +112,37 @@ def load(path: str | Path, valid_size: int = VALID_SIZE, limit: int | None = Non
                   for m, shape in (("image", (28, 28)), ("audio", (112, 112)))}
         data[name] = TensorData(inputs, torch.from_numpy(np.array(arrays[split, "labels"][rows], dtype=np.int64)))
     return data
+
+
+def inter_share(path: str | Path) -> float:
+    """The share of pairs whose label lives only in the relation of image and recording
+    (``prepare_avmnist.py --inter-share``); 0 for the published benchmark and its release."""
+    file = Path(path) / "metadata.json"
+    return float(json.loads(file.read_text()).get("inter_share", 0.0)) if file.is_file() else 0.0
+
+
+def inter_pairs(path: str | Path, valid_size: int = VALID_SIZE, limit: int | None = None) -> dict[str, torch.Tensor]:
+    """Which pairs of each split of ``load(path, valid_size, limit)`` are inter-modality ones
+    (the image shows a random digit a, the recording (label - a) mod 10), as boolean masks,
+    from the ``inter`` column of ``<split>_pairs.csv``; all False where there is none (share 0)."""
+    path = Path(path)
+    flags = {}
+    for split in ("train", "test"):
+        file = path / f"{split}_pairs.csv"
+        rows = []
+        if file.is_file():
+            with open(file, newline="") as f:
+                rows = list(csv.DictReader(f))
+        if not rows or "inter" not in rows[0]:  # the published pairing (or MultiBench's release, without the file)
+            flags[split] = np.zeros(len(read_array(path / f"{split}_labels.npy", mmap_mode="r")), bool)
+            continue
+        try:
+            flags[split] = np.array([int(r["inter"]) for r in rows]) == 1
+        except (TypeError, ValueError):
+            raise ValueError(f"{file}: the column inter must hold 0 or 1 in every row") from None
+    n = len(flags["train"])
+    parts = {"train": flags["train"][:n - valid_size], "valid": flags["train"][n - valid_size:], "test": flags["test"]}
+    return {k: torch.from_numpy(v[:limit].copy()) for k, v in parts.items()}
 
 
 # ---------------------------------------------------------------------- experts
