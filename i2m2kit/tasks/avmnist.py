@@ -75,12 +75,14 @@ def is_prepared(path: str | Path) -> bool:
 
 
 def load(path: str | Path, valid_size: int = VALID_SIZE, limit: int | None = None,
-         dtype: torch.dtype = torch.float32) -> dict[str, TensorData]:
+         dtype: torch.dtype = torch.float32,
+         splits: tuple[str, ...] = ("train", "valid", "test")) -> dict[str, TensorData]:
     """The prepared splits, in memory: ``{"train", "valid", "test"}``.
 
     Inputs ``{"image": (N, 1, 28, 28), "audio": (N, 1, 112, 112)}`` scaled to [0, 1]; targets
     the digits. ``valid`` is the last ``valid_size`` training pairs, ``train`` the rest.
-    ``limit`` keeps the first ``limit`` examples of each split (quick runs; only those are read).
+    ``limit`` keeps the first ``limit`` examples of each split (quick runs; only those are read);
+    ``splits`` the splits to read (e.g. ``("test",)`` to score trained models).
     """
     path = Path(path)
     if limit is not None and limit < 1:
@@ -107,6 +109,8 @@ def load(path: str | Path, valid_size: int = VALID_SIZE, limit: int | None = Non
              "test": ("test", 0, len(arrays["test", "labels"]))}
     data = {}
     for name, (split, start, stop) in parts.items():
+        if name not in splits:  # memory-mapped: a split not asked for is never read
+            continue
         rows = slice(start, stop if limit is None else min(stop, start + limit))
         inputs = {m: _as_tensor(arrays[split, m][rows], shape, files[split, m], dtype)
                   for m, shape in (("image", (28, 28)), ("audio", (112, 112)))}

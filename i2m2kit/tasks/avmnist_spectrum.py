@@ -158,7 +158,8 @@ def train_share(folder: str | Path, *, valid_size: int, epochs: int, seeds: Iter
                            names=list(PRETRAINED_MODELS) if single else None, trained=trained, progress=progress,
                            **{**avmnist.published_recipe(epochs, regime), "device": device})
             single = single or {n: m for n, m in trained.items() if n not in PRETRAINED_MODELS}
-            trained = {n: {**single, **trained}[n] for n in order}
+            merged = {**single, **trained}
+            trained = {n: merged[n] for n in order}
             trained_all[regime, seed] = trained
             rows += score_models(trained, data["test"], inter, share=share, regime=regime, seed=seed,
                                  shuffle_repeats=shuffle_repeats, device=device)
@@ -171,7 +172,7 @@ def reference_rows(recognisers: Mapping[int, Mapping[str, I2M2]], folder: str | 
     ``relation_posterior`` of each seed's uni-modal models trained at share 0
     (``recognisers``: {seed: models}), repeated for each regime so that it plots beside them."""
     share = avmnist.inter_share(folder)
-    test = avmnist.load(folder, valid_size=valid_size)["test"]
+    test = avmnist.load(folder, valid_size=valid_size, splits=("test",))["test"]
     inter = avmnist.inter_pairs(folder, valid_size=valid_size)["test"]
     rows = []
     for seed, models in recognisers.items():
