@@ -44,8 +44,6 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
-import hashlib
-import http.client
 import io
 import json
 import math
@@ -54,8 +52,6 @@ import re
 import struct
 import sys
 import tarfile
-import urllib.error
-import urllib.request
 import warnings
 import zipfile
 import zlib
@@ -70,7 +66,7 @@ import sklearn
 from sklearn.decomposition import PCA
 from tqdm.auto import tqdm
 
-from i2m2kit.io import atomic_path, output_folder_problem
+from i2m2kit.io import PrepareError, atomic_path, fetch, output_folder_problem, sha256
 
 FORMAT_VERSION = 1
 RATE = 8000  # FSDD's sample rate; the noise is resampled to it
@@ -182,14 +178,6 @@ ESC50_CLIPS = """\
 ESC50_MANIFEST = {f: (int(t), c, s) for f, t, c, s in (line.split() for line in ESC50_CLIPS.splitlines())}
 
 
-class PrepareError(Exception):
-    """Wrong, missing or truncated input; the message names the file."""
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 # ---------------------------------------------------------------------- MNIST
 
 
@@ -223,7 +211,7 @@ def read_idx(path: Path, magic: int) -> tuple[np.ndarray, str]:
     if len(raw) != header + math.prod(dims):
         raise PrepareError(f"{path}: truncated idx file: its header says {dims} "
                            f"({header + math.prod(dims)} bytes), the file has {len(raw)}")
-    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims), _sha256(raw)
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims), sha256(raw)
 
 
 def load_mnist(folder: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
@@ -336,11 +324,11 @@ def load_recordings(folder: Path) -> tuple[list[Sound], dict]:
             raise PrepareError(f"{where}: sample rate {rate} Hz, FSDD recordings are {RATE} Hz")
         digit, speaker, _ = FSDD_RECORDING.match(name).groups()
         recordings.append(Sound(name, samples, int(digit), speaker))
-        lines.append(f"{name} {_sha256(data)}\n")
+        lines.append(f"{name} {sha256(data)}\n")
     if not recordings:
         raise PrepareError(f"{folder}: the archive holds no FSDD recordings")
     recordings.sort(key=lambda r: r.name)
-    digest = _sha256("".join(sorted(lines)).encode())
+    digest = sha256("".join(sorted(lines)).encode())
     return recordings, {"recordings": len(recordings), "sha256_recordings": digest,
                         "published": digest == FSDD_RECORDINGS_SHA256}
 
@@ -374,7 +362,7 @@ def load_noise_clips(folder: Path) -> tuple[list[Sound], dict]:
         if not path.is_file():
             raise PrepareError(f"{path}: noise clip listed in {table.name} not found")
         data = path.read_bytes()
-        sha = _sha256(data)
+        sha = sha256(data)
         checksums[row["filename"]] = {"sha256": sha, "published": ESC50_MANIFEST.get(row["filename"], (0, "", ""))[2] == sha}
         rate, x = read_wav(data, str(path))
         x = scipy.signal.resample_poly(x, RATE // math.gcd(RATE, rate), rate // math.gcd(RATE, rate))
@@ -539,38 +527,9 @@ def pair_rows(labels: np.ndarray, pairing: Pairing, sounds: list[dict], inter_sh
 # ---------------------------------------------------------------------- download
 
 
-def _fetch(urls: list[str], dest: Path, check, progress: bool) -> None:
-    """Download ``dest`` from the first URL that works; ``check(path)`` raises on bad content.
-
-    The file appears under its name only once checked, so nothing is ever left half-written.
-    """
-    errors, tmp = [], dest
-    for url in urls:
-        try:
-            with atomic_path(dest) as tmp:
-                with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
-                    total = response.length
-                    with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
-                        for block in iter(lambda: response.read(1 << 20), b""):
-                            f.write(block)
-                            bar.update(len(block))
-                if total is not None and tmp.stat().st_size != total:
-                    raise PrepareError(f"{dest.name}: truncated download from {url} "
-                                       f"({tmp.stat().st_size} of {total} bytes)")
-                check(tmp)
-            return
-        except http.client.IncompleteRead as e:
-            errors.append(f"{dest.name}: truncated download from {url} ({len(e.partial)} bytes received)")
-        except (urllib.error.URLError, OSError) as e:
-            errors.append(f"{dest.name}: download from {url} failed ({e})")
-        except PrepareError as e:  # name the file where it would have gone, not the temporary one
-            errors.append(str(e).replace(str(tmp), str(dest)))
-    raise PrepareError("; ".join(errors))
-
-
 def _check_sha256(name: str, expected: str):
     def check(path: Path) -> None:
-        found = _sha256(path.read_bytes())
+        found = sha256(path.read_bytes())
         if found != expected:
             raise PrepareError(f"{name}: sha256 {found} does not match the published {expected}")
     return check
@@ -600,15 +559,15 @@ def download(raw: Path, mirror: str | None = None, progress: bool = True) -> Non
     for image_name, label_name in MNIST_FILES.values():
         for name in (image_name, label_name):
             if not any((raw / "mnist" / n).is_file() for n in (name, f"{name}.gz")):
-                _fetch(urls(f"mnist/{name}.gz", [base + f"{name}.gz" for base in MNIST_URLS]),
+                fetch(urls(f"mnist/{name}.gz", [base + f"{name}.gz" for base in MNIST_URLS]),
                        raw / "mnist" / f"{name}.gz", _check_idx(name), progress)
     fsdd = raw / "fsdd"
     if not (fsdd.is_dir() and any(fsdd.iterdir())):
-        _fetch(urls(FSDD_ARCHIVE, [FSDD_URL]), raw / FSDD_ARCHIVE, _check_recordings, progress)
+        fetch(urls(FSDD_ARCHIVE, [FSDD_URL]), raw / FSDD_ARCHIVE, _check_recordings, progress)
     esc50 = raw / "esc50"
     for filename, (_, _, sha) in ESC50_MANIFEST.items():
         if not (esc50 / "audio" / filename).is_file():
-            _fetch(urls(f"esc50/audio/{filename}", [ESC50_AUDIO_URL + filename]),
+            fetch(urls(f"esc50/audio/{filename}", [ESC50_AUDIO_URL + filename]),
                    esc50 / "audio" / filename, _check_sha256(filename, sha), progress)
     if not (esc50 / "clips.csv").is_file() and not (esc50 / "meta" / "esc50.csv").is_file():
         with atomic_path(esc50 / "clips.csv") as tmp, open(tmp, "w", newline="") as f:

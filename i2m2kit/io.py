@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import http.client
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
+import urllib.error
+import urllib.request
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
+from tqdm.auto import tqdm
+
+
+class PrepareError(Exception):
+    """Wrong, missing or truncated input of a data script; the message names the file (and line)."""
 
 
 @contextlib.contextmanager
@@ -34,6 +43,39 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def fetch(urls: list[str], dest: Path, check: Callable[[Path], None], progress: bool = True) -> None:
+    """Download ``dest`` from the first URL that works; ``check(path)`` raises PrepareError on bad content.
+
+    The file appears under its name only once checked, so nothing is ever left half-written.
+    """
+    errors, tmp = [], dest
+    for url in urls:
+        try:
+            with atomic_path(dest) as tmp:
+                with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+                    total = response.length
+                    with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
+                        for block in iter(lambda: response.read(1 << 20), b""):
+                            f.write(block)
+                            bar.update(len(block))
+                if total is not None and tmp.stat().st_size != total:
+                    raise PrepareError(f"{dest.name}: truncated download from {url} "
+                                       f"({tmp.stat().st_size} of {total} bytes)")
+                check(tmp)
+            return
+        except http.client.IncompleteRead as e:
+            errors.append(f"{dest.name}: truncated download from {url} ({len(e.partial)} bytes received)")
+        except (urllib.error.URLError, OSError) as e:
+            errors.append(f"{dest.name}: download from {url} failed ({e})")
+        except PrepareError as e:  # name the file where it would have gone, not the temporary one
+            errors.append(str(e).replace(str(tmp), str(dest)))
+    raise PrepareError("; ".join(errors))
 
 
 def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
@@ -62,18 +104,28 @@ def read_metadata(folder: str | os.PathLike, build: str) -> dict[str, Any]:
     return json.loads(file.read_text())
 
 
-def output_folder_problem(out: str | os.PathLike, overwrite: bool, inputs: Iterable[str | os.PathLike] = ()) -> str | None:
+def output_folder_problem(out: str | os.PathLike, overwrite: bool, inputs: Iterable[str | os.PathLike] = (),
+                          outputs: Iterable[str] | None = None) -> str | None:
     """Why a data script must not write the folder ``out`` (None if it may): a file is there,
     ``out`` is or holds one of the ``inputs`` (replacing it would delete them), or it holds
-    earlier results and ``overwrite`` is not given."""
+    earlier results and ``overwrite`` is not given. ``outputs``: glob patterns of every name
+    the script writes; a folder holding anything else is never replaced, ``overwrite`` or not
+    (it is not an earlier output of the script but someone's folder)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         return f"{out}: is a file; --out names the output folder"
     for given in inputs:
         if out.resolve() in (Path(given).resolve(), *Path(given).resolve().parents):
             return f"{out}: --out is or holds the input {given}, which writing the output would delete"
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        return f"{out} already exists; pass --overwrite (overwrite=True) to replace it"
+    if out.exists() and any(out.iterdir()):
+        if outputs is not None:
+            patterns = list(outputs)
+            foreign = sorted(p.name for p in out.iterdir() if not any(p.match(g) for g in patterns))
+            if foreign:
+                return (f"{out}: holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, which this "
+                        f"script never writes; not replacing it (name a new or empty folder)")
+        if not overwrite:
+            return f"{out} already exists; pass --overwrite (overwrite=True) to replace it"
     return None
 
 

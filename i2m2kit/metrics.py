@@ -103,3 +103,23 @@ def evaluate_probs(probs: np.ndarray, targets: np.ndarray, head: str) -> dict[st
     if head == "answers":
         return {"vqa_score": vqa_score(probs, targets)}
     raise ValueError(f"unknown head {head!r}")
+
+
+def event1_threshold(scores: np.ndarray, y: np.ndarray) -> float:
+    """The threshold on ``scores`` (higher: more likely positive) that maximises the
+    PhysioNet/CinC 2012 event-1 score, min(sensitivity, positive predictive value), on (y, scores)."""
+    precision, recall, thresholds = skm.precision_recall_curve(np.asarray(y), np.asarray(scores, dtype=np.float64))
+    return float(thresholds[np.argmax(np.minimum(precision, recall)[:-1])])
+
+
+def threshold_metrics(scores: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, float]:
+    """Binary metrics of ``scores >= threshold`` against 0/1 ``y``: the challenge's event-1
+    score (min of sensitivity and PPV), balanced accuracy, sensitivity, PPV; and the
+    threshold-free AUROC and AUPRC of the scores."""
+    y, scores = np.asarray(y).astype(int), np.asarray(scores, dtype=np.float64)
+    pred = (scores >= threshold).astype(int)
+    sensitivity = skm.recall_score(y, pred, zero_division=0)
+    ppv = skm.precision_score(y, pred, zero_division=0)
+    return {"auroc": float(skm.roc_auc_score(y, scores)), "auprc": float(skm.average_precision_score(y, scores)),
+            "event1": float(min(sensitivity, ppv)), "balanced_accuracy": float(skm.balanced_accuracy_score(y, pred)),
+            "sensitivity": float(sensitivity), "ppv": float(ppv)}

@@ -37,6 +37,14 @@ def shared_data():
     return path
 
 
+@pytest.fixture(scope="session")
+def physionet_prepared(shared_data, tmp_path_factory):
+    """The real set A of PhysioNet/CinC 2012 prepared once for the session: (folder, metadata)."""
+    prep = load_data_script("prepare_physionet2012")
+    out = tmp_path_factory.mktemp("physionet2012") / "prepared"
+    return out, prep.prepare(shared_data / "physionet2012", out, progress=False)
+
+
 def load_data_script(name: str):
     """Import data_scripts/<name>.py as a module (the scripts are not a package)."""
     import importlib.util

@@ -1,5 +1,5 @@
-"""Notebook 02 (MIMIC-III) run headless with papermill on the real demo at test size, then
-re-checked with nbval."""
+"""Notebook 02 (intensive care) run headless with papermill at test size: on the real
+PhysioNet/CinC 2012 set A (the default) and on the real MIMIC-III demo; then re-checked with nbval."""
 
 from pathlib import Path
 
@@ -10,55 +10,89 @@ from conftest import assert_dependency_report, assert_reproduces_under_nbval, co
 from i2m2kit.runner import run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK = ROOT / "notebooks" / "02_mimic.ipynb"
+NOTEBOOK = ROOT / "notebooks" / "02_icu.ipynb"
 MODELS = {"uni:static", "uni:series", "intra", "inter", "i2m2"}
+
+
+def figures(notebook) -> int:
+    nb = nbformat.read(notebook, as_version=4)
+    return sum("application/vnd.plotly.v1+json" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+
+
+@pytest.fixture(scope="module")
+def physionet(shared_data, tmp_path_factory):
+    """The default dataset at a tiny size; the notebook prepares set A itself."""
+    out = tmp_path_factory.mktemp("notebook02")
+    return run_notebook(NOTEBOOK, out, {"data_dir": str(shared_data / "physionet2012"), "stays": 400, "epochs": 1,
+                                        "seeds": [0]}, progress=False)
 
 
 @pytest.fixture(scope="module")
 def mortality(shared_data, tmp_path_factory):
-    """The default task; the notebook prepares the demo tables itself."""
-    out = tmp_path_factory.mktemp("notebook02")
-    return run_notebook(NOTEBOOK, out, {"data_dir": str(shared_data / "mimic3_demo"), "epochs": 2, "seeds": [0]},
-                        progress=False)
+    """MIMIC-III, one parameter away; the notebook prepares the demo tables itself."""
+    out = tmp_path_factory.mktemp("notebook02_mimic")
+    return run_notebook(NOTEBOOK, out, {"dataset": "mimic", "data_dir": str(shared_data / "mimic3_demo"), "epochs": 2,
+                                        "seeds": [0]}, progress=False)
 
 
 def test_committed_notebook_has_no_outputs_and_a_parameters_cell():
-    nb, _, _ = committed_notebook(NOTEBOOK, (
-        "data_dir", "task", "epochs", "seeds", "device", "output_dir"))
-    assert "no meaningful accuracy" in " ".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    nb, _, cell = committed_notebook(NOTEBOOK, (
+        "dataset", "data_dir", "stays", "test_set", "task", "epochs", "seeds", "device", "output_dir"))
+    assert 'dataset = "physionet2012"' in cell.source
+    prose = " ".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    assert "SAPS-I" in prose and "no meaningful number" in prose
 
 
-def test_mortality_run_reports_five_models_and_missing_modalities(mortality):
+def test_physionet_run_scores_five_models_against_saps(physionet):
+    assert not notebook_errors(physionet["notebook"])
+    m = physionet["metrics"]
+    assert m["dataset"] == "physionet2012" and m["splits"] == {"train": 279, "valid": 61, "test": 60}
+    assert set(m["models"]) == MODELS | {"SAPS-I alone"} and m["selection_metric"] == "auprc"
+    for values in m["models"].values():
+        assert set(values) == {"auroc", "auprc", "event1", "balanced_accuracy"}
+        assert all(0 <= v <= 1 for v in values.values())
+    assert {e["expert"] for e in m["experts"]} == {"static", "series", "joint"}
+    assert set(m["missing_modality"]) == {"i2m2, series + static", "i2m2, static", "i2m2, series",
+                                          "uni:static (trained alone)", "uni:series (trained alone)"}
+    assert m["missing_modality"]["i2m2, series + static"] == pytest.approx(m["models"]["i2m2"]["auroc"])
+    report = assert_dependency_report(m)
+    assert all(r["metric"] == "auroc" for r in report["rows"])
+    assert (Path(physionet["notebook"]).parent / "prepared_physionet2012" / "set-a.npz").exists()
+    assert figures(physionet["notebook"]) == 7  # 6, and the dependency report
+    assert Path(physionet["notebook"]).stat().st_size < 1_000_000
+
+
+def test_notebook_02_reproduces_under_nbval(physionet):
+    """nbval re-executes the copy papermill wrote and compares the checked cells: the split
+    sizes, the five models' and SAPS-I's test metrics, the dependency report."""
+    assert_reproduces_under_nbval(physionet["notebook"])
+
+
+def test_mimic_run_reports_five_models_and_missing_modalities(mortality):
     assert not notebook_errors(mortality["notebook"])
     m = mortality["metrics"]
     assert_dependency_report(m)
     assert m["task"] == "mortality" and m["splits"] == {"train": 74, "valid": 9, "test": 9}
     assert set(m["models"]) == MODELS
-    assert all(0 <= v["accuracy"] <= 1 for v in m["models"].values())
     assert m["selection_metric"] == "loss"  # the demo's validation split lacks some of the 6 classes
-    assert {e["expert"] for e in m["experts"]} == {"static", "series", "joint"}
-    assert set(m["missing_modality"]) == {"i2m2, series + static", "i2m2, static", "i2m2, series",
-                                          "uni:static (trained alone)", "uni:series (trained alone)"}
     assert m["missing_modality"]["i2m2, series + static"] == pytest.approx(m["models"]["i2m2"]["accuracy"])
-    assert (Path(mortality["notebook"]).parent / "prepared" / "mimic.npz").exists()
-    nb = nbformat.read(mortality["notebook"], as_version=4)
-    figures = sum("application/vnd.plotly.v1+json" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
-    assert figures == 7  # 6, and the dependency report
-    assert Path(mortality["notebook"]).stat().st_size < 1_000_000
+    assert (Path(mortality["notebook"]).parent / "prepared_mimic" / "mimic.npz").exists()
+    assert figures(mortality["notebook"]) == 7
 
 
-def test_binary_task_reuses_the_prepared_data_and_selects_on_auprc(mortality, tmp_path):
-    prepared = Path(mortality["notebook"]).parent / "prepared"
-    result = run_notebook(NOTEBOOK, tmp_path, {"data_dir": "/nonexistent", "prepared_dir": str(prepared),
-                                               "task": "icd9_140_239", "epochs": 1, "seeds": [0, 1]},
-                          progress=False)
+def test_binary_mimic_task_reuses_the_prepared_data_and_selects_on_auprc(mortality, tmp_path):
+    prepared = Path(mortality["notebook"]).parent / "prepared_mimic"
+    result = run_notebook(NOTEBOOK, tmp_path, {"dataset": "mimic", "data_dir": "/nonexistent",
+                                               "prepared_dir": str(prepared), "task": "icd9_140_239", "epochs": 1,
+                                               "seeds": [0, 1]}, progress=False)
     assert not notebook_errors(result["notebook"])
     m = result["metrics"]
     assert m["task"] == "icd9_140_239" and m["selection_metric"] == "auprc"
     assert set(m["models"]) == MODELS and all("auroc" in v for v in m["models"].values())
 
 
-def test_notebook_02_reproduces_under_nbval(mortality):
-    """nbval re-executes the copy papermill wrote and compares the checked cells: the split
-    sizes and the five models' test metrics (same seeds, same numbers)."""
-    assert_reproduces_under_nbval(mortality["notebook"])
+def test_mimic_pointed_at_the_physionet_files_says_what_to_pass(shared_data, tmp_path):
+    with pytest.raises(Exception) as failure:
+        run_notebook(NOTEBOOK, tmp_path, {"dataset": "mimic", "data_dir": str(shared_data / "physionet2012")},
+                     progress=False)
+    assert "holds no MIMIC-III tables" in str(failure.value) and "-p data_dir" in str(failure.value)

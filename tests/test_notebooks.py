@@ -69,18 +69,18 @@ def test_a_notebook_whose_data_is_missing_is_skipped_with_the_reason(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "i2m2kit", "run", "--only", "02", "--data", str(tmp_path / "none"),
                            "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
-    assert "skipping 02_mimic.ipynb: its data is not at" in proc.stdout and "-p data_dir PATH" in proc.stdout
+    assert "skipping 02_icu.ipynb: its data is not at" in proc.stdout and "-p data_dir PATH" in proc.stdout
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert "skipped" in summary["02_mimic"]
+    assert "skipped" in summary["02_icu"]
 
 
 def test_the_data_parameter_points_at_the_data_root(shared_data):
     from i2m2kit.runner import data_parameters
 
-    params, skipped = data_parameters(ROOT / "notebooks" / "02_mimic.ipynb", shared_data, {})
-    assert skipped is None and params == {"data_dir": str((shared_data / "mimic3_demo").resolve())}
+    params, skipped = data_parameters(ROOT / "notebooks" / "02_icu.ipynb", shared_data, {})
+    assert skipped is None and params == {"data_dir": str((shared_data / "physionet2012").resolve())}
     # an explicit parameter wins over the data root
-    params, _ = data_parameters(ROOT / "notebooks" / "02_mimic.ipynb", "/nowhere", {"data_dir": str(shared_data / "mimic3_demo")})
+    params, _ = data_parameters(ROOT / "notebooks" / "02_icu.ipynb", "/nowhere", {"data_dir": str(shared_data / "mimic3_demo")})
     assert params["data_dir"].endswith("mimic3_demo")
 
 
@@ -91,8 +91,11 @@ def test_the_data_parameter_points_at_the_data_root(shared_data):
     ("01_avmnist.ipynb", {"inter_shares": [0, 1.5]}, "inter_shares[1]=1.5: must be at most 1"),
     ("01_avmnist.ipynb", {"inter_shares": [0.0, "half"]}, "inter_shares=[0.0, 'half']: every element must be int or float"),
     ("01_avmnist.ipynb", {"contribution_share": 0.25}, "contribution_share=0.25: must be one of [0.0, 0.5, 1.0]"),
-    ("02_mimic.ipynb", {"task": "mortalty"}, "task='mortalty': must be one of"),
-    ("02_mimic.ipynb", {"n_train": 10}, "unknown parameter n_train"),
+    ("02_icu.ipynb", {"task": "mortalty"}, "task='mortalty': must be one of"),
+    ("02_icu.ipynb", {"dataset": "eicu"}, "dataset='eicu': must be one of"),
+    ("02_icu.ipynb", {"stays": 10}, "stays=10: must be at least 50"),
+    ("02_icu.ipynb", {"test_set": "a"}, "test_set='a': must be one of"),
+    ("02_icu.ipynb", {"n_train": 10}, "unknown parameter n_train"),
 ])
 def test_a_bad_parameter_fails_at_once_naming_it(tmp_path, notebook, parameters, named):
     started = time.perf_counter()

@@ -1,0 +1,242 @@
+"""PhysioNet/CinC Challenge 2012: in-hospital death from the static record and the first 48 hours.
+
+The prepared folder (``data_scripts/prepare_physionet2012.py``) holds one ``set-X.npz`` per
+challenge set: per ICU stay the static record (age, gender, height, admission weight, ICU
+type) and 37 variables binned hourly over 48 hours, with observation masks and the hours
+since each variable's last measurement; the outcomes, in-hospital death the label.
+
+Experts (two modalities, ``static`` and ``series``):
+
+* ``static`` expert: an MLP over the 8 static values (z-scored, a missing one at the training
+  mean) and their 8 observation masks (16 -> 32 -> 2).
+* ``series`` expert: a GRU over the 48 hours whose input at each hour is every variable's
+  value (z-scored, the last measurement carried forward, the training mean before the
+  first), its observation mask and its gap (log of 1 + hours since the last measurement):
+  Che et al.'s GRU-Simple (2018). Why a recurrence: after hourly binning the steps are
+  regular and few (48), so a GRU is cheap on a CPU; with the masks and gaps as inputs it sees
+  when and how often each variable was measured, which itself predicts death (the sicker are
+  measured more). Set and attention encoders earn their cost on the raw irregular times,
+  which the binning has already made regular. Its last state and the mean of its states go
+  to a head (2H -> 64 -> 2).
+* ``joint`` expert: its own two encoders, their features concatenated, one head: the
+  inter-modality expert (how the series reads depends on who the patient is).
+
+Splits: a seeded split of the training set (default set A), stratified on the label, into
+train (70%), valid (15%) and test (15%); with ``test_set="b"`` (or ``"c"``) the test split is
+that whole set and the training set is split into train (85%) and valid (15%): the
+challenge's own protocol. Normalisation statistics come from the train split only.
+
+    data = physionet2012.load("data/physionet2012", split_seed=0)   # {"train", "valid", "test"}
+    model = physionet2012.build_model()
+    ik.fit(model, data["train"], data["valid"], **physionet2012.recipe())
+    physionet2012.clinical_metrics(model, data["valid"], data["test"])  # AUROC, AUPRC, event-1, ...
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+from torch import nn
+
+from ..experts import I2M2, Expert
+from ..metrics import event1_threshold, threshold_metrics
+from ..train import TensorData, predict
+from .mimic import Joint, mlp  # the same joint expert and MLP as MultiBench's MIMIC-III
+
+MODALITIES = ("static", "series")
+HOURS, VARIABLES, STATIC = 48, 37, 8
+OUTCOMES = ("SAPS-I", "SOFA", "Length_of_stay", "Survival", "In-hospital_death")  # the file's columns
+LABEL, REFERENCE = "In-hospital_death", "SAPS-I"
+FORMAT_VERSION = 1
+BUILD = "python data_scripts/prepare_physionet2012.py --raw ../shared/data/physionet2012 --out {path}"
+ARRAYS = {"record_id": (), "static": (STATIC,), "static_mask": (STATIC,), "series": (HOURS, VARIABLES),
+          "series_mask": (HOURS, VARIABLES), "series_delta": (HOURS, VARIABLES), "outcomes": (5,)}
+
+
+# ---------------------------------------------------------------------- data
+
+
+def metadata(path: str | Path) -> dict[str, Any]:
+    file = Path(path) / "metadata.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: not found; build the prepared folder with '{BUILD.format(path=path)}'")
+    meta = json.loads(file.read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{file}: format version {meta.get('format_version')}, this package reads {FORMAT_VERSION}; "
+                         f"rebuild it with '{BUILD.format(path=path)} --overwrite'")
+    return meta
+
+
+def read_set(path: str | Path, set_name: str = "a") -> dict[str, np.ndarray]:
+    """The arrays of one challenge set, checked for shape."""
+    file = Path(path) / f"set-{set_name}.npz"
+    if not file.is_file():
+        sets = sorted(metadata(path)["sets"])
+        raise FileNotFoundError(f"{file}: not found; the prepared folder holds the sets {sets}")
+    with np.load(file) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    n = len(arrays.get("record_id", ()))
+    for name, shape in ARRAYS.items():
+        if name not in arrays:
+            raise ValueError(f"{file}: no array {name!r}; arrays are {sorted(arrays)}")
+        if arrays[name].shape != (n, *shape):
+            raise ValueError(f"{file}: {name} has shape {arrays[name].shape}, expected {(n, *shape)}")
+    return arrays
+
+
+def outcome(arrays: dict[str, np.ndarray], column: str) -> np.ndarray:
+    """One column of OUTCOMES for every record (-1: not known)."""
+    return arrays["outcomes"][:, OUTCOMES.index(column)]
+
+
+def split_indices(y: np.ndarray, seed: int, test: bool = True, stays: int | None = None) -> dict[str, np.ndarray]:
+    """Stratified seeded split of one set's rows: train/valid/test 70/15/15 (``test``) or
+    train/valid 85/15; ``stays``: a stratified subsample of that many rows first (quick runs)."""
+    rows = np.arange(len(y))
+    if stays is not None and stays < len(y):
+        rows, _ = train_test_split(rows, train_size=stays, stratify=y, random_state=seed)
+    parts = {}
+    if test:
+        rows, parts["test"] = train_test_split(rows, test_size=0.15, stratify=y[rows], random_state=seed)
+    parts["train"], parts["valid"] = train_test_split(rows, test_size=0.15 / (0.85 if test else 1.0),
+                                                      stratify=y[rows], random_state=seed)
+    return {name: np.sort(parts[name]) for name in ("train", "valid", "test") if name in parts}
+
+
+def training_statistics(arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean and standard deviation of every static value and series variable over the
+    measured entries of the train rows only."""
+    def moments(values: np.ndarray, axes) -> tuple[np.ndarray, np.ndarray]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a variable never measured in a tiny split: mean 0, std 1
+            mean, std = np.nanmean(values, axes), np.nanstd(values, axes)
+        return np.nan_to_num(mean), np.where(np.nan_to_num(std) > 1e-6, np.nan_to_num(std), 1.0)
+
+    static_mean, static_std = moments(arrays["static"][rows].astype(np.float64), 0)
+    series_mean, series_std = moments(arrays["series"][rows].astype(np.float64), (0, 1))
+    return {"static_mean": static_mean, "static_std": static_std, "series_mean": series_mean, "series_std": series_std}
+
+
+def carried_forward(values: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """(N, T, V) values with each unobserved hour taking the last observed one, 0 before the first."""
+    hours = np.arange(values.shape[1])[None, :, None]
+    last = np.maximum.accumulate(np.where(observed, hours, -1), axis=1)
+    filled = np.take_along_axis(np.nan_to_num(values), np.maximum(last, 0), axis=1)
+    return np.where(last >= 0, filled, 0.0)
+
+
+def model_inputs(arrays: dict[str, np.ndarray], rows: np.ndarray, stats: dict[str, np.ndarray],
+                 dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """``{"static": (n, 16), "series": (n, 48, 111)}`` of the given rows (see the module docstring)."""
+    static = (arrays["static"][rows] - stats["static_mean"]) / stats["static_std"]
+    static = np.concatenate([np.nan_to_num(static), arrays["static_mask"][rows]], axis=1)
+    observed = arrays["series_mask"][rows].astype(bool)
+    values = carried_forward((arrays["series"][rows] - stats["series_mean"]) / stats["series_std"], observed)
+    gaps = np.log1p(arrays["series_delta"][rows]) / np.log1p(HOURS)
+    series = np.concatenate([values, observed, gaps], axis=2)
+    return {"static": torch.as_tensor(static, dtype=dtype), "series": torch.as_tensor(series, dtype=dtype)}
+
+
+def load(path: str | Path, split_seed: int = 0, train_set: str = "a", test_set: str | None = None,
+         stays: int | None = None, dtype: torch.dtype = torch.float32) -> dict[str, TensorData]:
+    """The splits ``{"train", "valid", "test"}``; targets in-hospital death (0/1).
+
+    ``test_set``: another challenge set as the test split (default: 15% of ``train_set``).
+    ``stays``: a stratified subsample of the training set (the test set stays whole).
+    """
+    if test_set == train_set:
+        raise ValueError(f"test_set {test_set!r} is the training set; name another set or None")
+    arrays = read_set(path, train_set)
+    y = outcome(arrays, LABEL).astype(np.int64)
+    splits = split_indices(y, split_seed, test=test_set is None, stays=stays)
+    stats = training_statistics(arrays, splits["train"])
+    data = {name: TensorData(model_inputs(arrays, rows, stats, dtype), torch.from_numpy(y[rows]))
+            for name, rows in splits.items()}
+    if test_set is not None:
+        other = read_set(path, test_set)
+        rows = np.arange(len(other["record_id"]))
+        data["test"] = TensorData(model_inputs(other, rows, stats, dtype),
+                                  torch.from_numpy(outcome(other, LABEL).astype(np.int64)))
+    return data
+
+
+def reference_scores(path: str | Path, split_seed: int = 0, train_set: str = "a", test_set: str | None = None,
+                     stays: int | None = None, column: str = REFERENCE) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(score, label) of the valid and test splits of ``load`` for a clinical score of the
+    outcomes file (SAPS-I, SOFA), records without it (-1) left out."""
+    arrays = read_set(path, train_set)
+    y = outcome(arrays, LABEL)
+    splits = split_indices(y, split_seed, test=test_set is None, stays=stays)
+    parts = {"valid": (arrays, splits["valid"])}
+    if test_set is None:
+        parts["test"] = (arrays, splits["test"])
+    else:
+        other = read_set(path, test_set)
+        parts["test"] = (other, np.arange(len(other["record_id"])))
+    out = {}
+    for name, (a, rows) in parts.items():
+        score, label = outcome(a, column)[rows], outcome(a, LABEL)[rows]
+        given = score >= 0
+        out[name] = (score[given].astype(np.float64), label[given])
+    return out
+
+
+def clinical_metrics_of_scores(valid: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
+    """AUROC, AUPRC, and at the threshold that maximises the event-1 score on ``valid``: the
+    event-1 score, balanced accuracy, sensitivity and PPV on ``test``."""
+    return {**threshold_metrics(test[0], test[1], event1_threshold(*valid)), "n": len(test[1])}
+
+
+def clinical_metrics(model: I2M2, valid: TensorData, test: TensorData, device: str = "auto") -> dict[str, float]:
+    """``clinical_metrics_of_scores`` of the model's probability of death."""
+    def scores(data):
+        p = predict(model, data, device=device)
+        return p.probs[:, 1].numpy(), p.targets.numpy()
+    return clinical_metrics_of_scores(scores(valid), scores(test))
+
+
+# ---------------------------------------------------------------------- experts
+
+
+class SeriesEncoder(nn.Module):
+    """GRU-Simple over (hours, values + masks + gaps); its last state and its mean state."""
+
+    def __init__(self, inputs: int = 3 * VARIABLES, hidden: int = 64):
+        super().__init__()
+        self.gru = nn.GRU(inputs, hidden, batch_first=True)
+        self.out_features = 2 * hidden
+
+    def forward(self, series: torch.Tensor) -> torch.Tensor:
+        states, last = self.gru(series)
+        return torch.cat([last[-1], states.mean(1)], dim=1)
+
+
+def build_model(hidden: int = 64, static_hidden: int = 32, head_hidden: int = 64, dropout: float = 0.2) -> I2M2:
+    """I2M2 with experts ``static``, ``series`` and ``joint``, each with its own encoders."""
+    def static_encoder():
+        return nn.Sequential(nn.Linear(2 * STATIC, static_hidden), nn.ReLU())
+
+    def head(d_in):
+        return nn.Sequential(nn.Dropout(dropout), mlp(d_in, head_hidden, 2))
+
+    series_out = 2 * hidden
+    return I2M2({
+        "static": Expert(nn.Sequential(static_encoder(), head(static_hidden)), reads="static"),
+        "series": Expert(nn.Sequential(SeriesEncoder(hidden=hidden), head(series_out)), reads="series"),
+        "joint": Expert(Joint(static_encoder(), SeriesEncoder(hidden=hidden), head(static_hidden + series_out)),
+                        reads=MODALITIES),
+    })
+
+
+def recipe(epochs: int = 20, regime: str = "joint") -> dict[str, Any]:
+    """``fit`` arguments: Adam lr 1e-3 with weight decay 1e-4, batch 64, gradients clipped at 1,
+    selection on validation AUPRC (the rare class's ranking), stopping after 5 epochs without gain."""
+    return dict(regime=regime, epochs=epochs, batch_size=64, monitor="auprc", patience=5, clip_grad_norm=1.0,
+                optimizer=functools.partial(torch.optim.Adam, lr=1e-3, weight_decay=1e-4))
