@@ -69,6 +69,7 @@ from tqdm.auto import tqdm
 from i2m2kit.io import PrepareError, atomic_path, fetch, output_folder_problem, sha256
 
 FORMAT_VERSION = 1
+OUTPUTS = ("metadata.json", "image", "audio", "*_labels.npy", "*_pairs.csv")  # all --overwrite may replace
 RATE = 8000  # FSDD's sample rate; the noise is resampled to it
 SPECTROGRAM_SIZE = 112  # frequency bins x time frames, as in the release
 TOP_DB = 80.0  # dynamic range of a spectrogram mapped onto 0-255
@@ -614,7 +615,8 @@ def prepare(raw: str | os.PathLike, out: str | os.PathLike, *, seed: int = 0, n_
     if not (isinstance(inter_share, (int, float)) and 0 <= inter_share <= 1):  # NaN too
         raise PrepareError(f"inter_share must be a number from 0 to 1, got {inter_share!r}")
     raw, out = Path(raw), Path(out)
-    if problem := output_folder_problem(out, overwrite, [raw / "mnist", raw / "fsdd", raw / "esc50"]):
+    if problem := output_folder_problem(out, overwrite, [raw / "mnist", raw / "fsdd", raw / "esc50"],
+                                         outputs=OUTPUTS):
         raise PrepareError(problem)
     if seed < 0:  # numpy's generators refuse it, but only after the slow steps
         raise PrepareError(f"seed must be a non-negative integer, got {seed}")

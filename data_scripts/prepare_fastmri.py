@@ -77,6 +77,7 @@ KSPACE_SHAPE = (640, 400)  # the published zero-filled k-space grid
 CROP = (320, 320)  # the published image crop (fastMRI's reconstruction size)
 LABELS = ("abnormal", "meniscus_tear", "acl", "cartilage")
 SPLITS = (("train", 0.70), ("valid", 0.15), ("test", 0.15))
+OUTPUTS = ("metadata.json", "slices.csv", *(name for name, _ in SPLITS))  # all --overwrite may replace
 ABNORMAL = ("other", "any")  # published: a finding other than the three named ones; or any finding
 DTYPES = ("float16", "float32")
 ANNOTATION_COLUMNS = ("file", "slice", "study_level", "label")
@@ -296,7 +297,7 @@ def prepare(raw: str | Path, annotations: str | Path, out: str | Path, seed: int
     if dtype not in DTYPES or abnormal not in ABNORMAL or on_error not in ("stop", "skip"):
         raise ValueError(f"dtype in {DTYPES}, abnormal in {ABNORMAL}, on_error in ('stop', 'skip'); "
                          f"got {dtype!r}, {abnormal!r}, {on_error!r}")
-    if problem := output_folder_problem(out, overwrite, [raw, annotations]):
+    if problem := output_folder_problem(out, overwrite, [raw, annotations], outputs=OUTPUTS):
         raise PrepareError(problem)
     if seed < 0:  # numpy's generator refuses it, but only after every volume is read
         raise PrepareError(f"seed must be a non-negative integer, got {seed}")

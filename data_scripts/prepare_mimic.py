@@ -90,6 +90,7 @@ from tqdm.auto import tqdm
 from i2m2kit.io import atomic_path, output_folder_problem
 
 FORMAT_VERSION = 1
+OUTPUTS = ("metadata.json", "mimic.npz")  # all --overwrite may replace
 HOURS = 24  # length of the series
 LOOKBACK_HOURS = 6  # measurements this long before ICU admission count (labs drawn in the ED)
 FIO2_WINDOW_HOURS = 4  # a charted FiO2 this recent pairs with a blood gas without its own
@@ -701,7 +702,7 @@ def icd9_labels(cohort: list[Admission]) -> np.ndarray:
 def prepare(raw: str | Path, out: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
     """Read the tables in ``raw``, write ``mimic.npz`` and ``metadata.json`` to ``out``; return the metadata."""
     raw, out = Path(raw), Path(out)
-    if problem := output_folder_problem(out, overwrite, [raw]):
+    if problem := output_folder_problem(out, overwrite, [raw], outputs=OUTPUTS):
         raise PrepareError(problem)
     tables = open_tables(raw)
     candidates, counts = read_cohort(tables, progress)

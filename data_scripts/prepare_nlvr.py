@@ -75,6 +75,7 @@ from tqdm.auto import tqdm
 from i2m2kit.io import atomic_path, output_folder_problem
 
 FORMAT_VERSION = 1
+OUTPUTS = ("metadata.json", "*.jsonl", "*_images.npy")  # all --overwrite may replace
 HEIGHT, WIDTH, BOX, GAP = 100, 400, 100, 50  # the published canvas: three 100 x 100 boxes, 50-pixel bars
 BOXES = 3
 BACKGROUND = (211, 211, 211)
@@ -295,7 +296,7 @@ def prepare(raw: str | Path, out: str | Path, downsample_factor: int = 2, check_
         return prepare_nlvr2(raw, out, images, image_size, skip_missing, overwrite, progress)
     if downsample_factor not in DOWNSAMPLES:
         raise PrepareError(f"downsample must be one of {DOWNSAMPLES} (box edges on whole pixels), got {downsample_factor}")
-    if problem := output_folder_problem(out, overwrite, [raw]):
+    if problem := output_folder_problem(out, overwrite, [raw], outputs=OUTPUTS):
         raise PrepareError(problem)
     if not raw.is_dir():
         raise PrepareError(f"{raw}: no such folder")
@@ -424,7 +425,7 @@ def prepare_nlvr2(raw: Path, out: Path, images: str | Path | None = None, image_
     if isinstance(image_size, bool) or not isinstance(image_size, int) or not 4 <= image_size <= 1024:
         raise PrepareError(f"image size must be an integer in [4, 1024], got {image_size!r}")
     images = Path(images) if images is not None else raw / "images"
-    if problem := output_folder_problem(out, overwrite, [raw, images]):
+    if problem := output_folder_problem(out, overwrite, [raw, images], outputs=OUTPUTS):
         raise PrepareError(problem)
     if not raw.is_dir():
         raise PrepareError(f"{raw}: no such folder")

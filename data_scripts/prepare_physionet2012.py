@@ -70,6 +70,7 @@ from tqdm.auto import tqdm
 from i2m2kit.io import PrepareError, atomic_path, fetch, output_folder_problem, sha256
 
 FORMAT_VERSION = 1
+OUTPUTS = ("metadata.json", "set-?.npz")  # all --overwrite may replace
 HOURS = 48
 SETS = ("a", "b", "c")
 URL = "https://physionet.org/files/challenge-2012/1.0.0/"
@@ -391,7 +392,7 @@ def prepare(raw: str | os.PathLike, out: str | os.PathLike, sets: Sequence[str] 
     if unknown:
         raise PrepareError(f"--sets: {sorted(unknown)} are not challenge sets (a, b, c)")
     problem = output_folder_problem(out, overwrite, inputs=[raw, *(raw / f"set-{s}" for s in SETS)],
-                                    outputs=["metadata.json", "set-?.npz"])
+                                    outputs=OUTPUTS)
     if problem:
         raise PrepareError(problem)
     if download_missing:

@@ -93,6 +93,7 @@ from tqdm.auto import tqdm
 from i2m2kit.io import atomic_path, output_folder_problem, package_folder
 
 FORMAT_VERSION = 1
+OUTPUTS = ("metadata.json", "*.jsonl", "*_images.npy")  # all --overwrite may replace
 DATASETS = ("easy-vqa", "vqa-v2", "vqa-vs")
 SPLITS = ("train", "valid", "test")
 VOCAB_FROM = ("train+val", "train")
@@ -479,7 +480,7 @@ def prepare(raw: str | Path | None, out: str | Path, dataset: str = "auto", imag
     images = Path(images) if images is not None else raw
     if not images.is_dir():
         raise PrepareError(f"{images}: no such folder (--images)")
-    if problem := output_folder_problem(out, overwrite, [raw, images]):
+    if problem := output_folder_problem(out, overwrite, [raw, images], outputs=OUTPUTS):
         raise PrepareError(problem)
     if dataset == "auto":
         dataset = detect(raw)

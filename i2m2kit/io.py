@@ -118,12 +118,14 @@ def output_folder_problem(out: str | os.PathLike, overwrite: bool, inputs: Itera
         if out.resolve() in (Path(given).resolve(), *Path(given).resolve().parents):
             return f"{out}: --out is or holds the input {given}, which writing the output would delete"
     if out.exists() and any(out.iterdir()):
-        if outputs is not None:
+        if outputs is not None:  # recognise our own output: its metadata.json and nothing else
             patterns = list(outputs)
             foreign = sorted(p.name for p in out.iterdir() if not any(p.match(g) for g in patterns))
             if foreign:
                 return (f"{out}: holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, which this "
                         f"script never writes; not replacing it (name a new or empty folder)")
+            if not (out / "metadata.json").is_file():
+                return f"{out}: has no metadata.json, so it is not an output of this script; not replacing it"
         if not overwrite:
             return f"{out} already exists; pass --overwrite (overwrite=True) to replace it"
     return None

@@ -204,11 +204,20 @@ def test_existing_output_needs_overwrite(prep, raw, annotations, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
+    # a folder this script did not write is never replaced, --overwrite or not
+    for overwrite in (False, True):
+        with pytest.raises(prep.PrepareError, match="keep.txt, which this script never writes"):
+            prep.prepare(folder, annotations, out, overwrite=overwrite, progress=False)
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    (out / "slices.csv").write_text("an earlier run")
+    with pytest.raises(prep.PrepareError, match="no metadata.json, so it is not an output of this script"):
+        prep.prepare(folder, annotations, out, overwrite=True, progress=False)
+    (out / "metadata.json").write_text("{}")  # an earlier output: replaced only with --overwrite
     with pytest.raises(prep.PrepareError, match="already exists; pass --overwrite"):
         prep.prepare(folder, annotations, out, progress=False)
-    assert (out / "keep.txt").read_text() == "mine"
     prep.prepare(folder, annotations, out, overwrite=True, progress=False)
-    assert (out / "metadata.json").exists() and not (out / "keep.txt").exists()
+    assert (out / "metadata.json").read_text() != "{}" and (out / "slices.csv").read_text() != "an earlier run"
 
 
 def test_negative_seed_and_output_over_the_input_are_refused_at_once(prep, raw, annotations, tmp_path):

@@ -271,6 +271,7 @@ def test_existing_output_is_refused_and_replaced_only_whole(built, prep, demo, t
     old = tmp_path / "old"
     old.mkdir()
     (old / "mimic.npz").write_bytes(b"earlier run")
+    (old / "metadata.json").write_text("{}")
 
     def disk_full(*args, **kwargs):
         raise OSError("No space left on device")

@@ -498,7 +498,8 @@ def test_bad_input_leaves_an_existing_output_untouched(prep, small_easy_template
     shutil.copytree(small_easy_template, raw)
     out = tmp_path / "out"
     out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    (out / "metadata.json").write_text("an earlier run")
+    (out / "train.jsonl").write_text("an earlier run")
     with pytest.raises(prep.PrepareError, match="already exists; pass --overwrite"):
         prep.prepare(raw, out, progress=False)
     truncate("train/images/7.png")(raw)
@@ -506,12 +507,20 @@ def test_bad_input_leaves_an_existing_output_untouched(prep, small_easy_template
     err = capsys.readouterr().err
     assert err.startswith("error: train/images/7.png: not a readable image (")
     assert err.count("\n") == 1
-    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir()) == ["metadata.json", "train.jsonl"]
+    assert (out / "metadata.json").read_text() == "an earlier run"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw"]
     shutil.copy(small_easy_template / "train/images/7.png", raw / "train/images/7.png")
     meta = prep.prepare(raw, out, overwrite=True, progress=False)
     assert meta["counts"]["train"]["images"] == 18 and meta["counts"]["valid"]["images"] == 2
-    assert not (out / "keep.txt").exists()
+    assert (out / "metadata.json").read_text() != "an earlier run"
+    # a folder this script did not write is never replaced, --overwrite or not
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("mine")
+    assert prep.main(["--raw", str(raw), "--out", str(mine), "--overwrite", "--no-progress"]) == 2
+    assert "thesis.tex, which this script never writes" in capsys.readouterr().err
+    assert (mine / "thesis.tex").read_text() == "mine"
 
 
 def test_dataset_can_be_forced(prep, small_easy_template, tmp_path):
