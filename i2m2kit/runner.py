@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -129,6 +130,26 @@ def check_known_parameters(notebook: str | os.PathLike, parameters: Mapping[str,
                          f"{', '.join(unknown)}; it takes {', '.join(declared)}")
 
 
+def ipc_kernel_manager(folder: str | os.PathLike):
+    """A kernel manager whose kernel talks over IPC sockets in ``folder`` (a private temporary
+    folder), not over TCP on localhost: nothing travels over the network, and ipykernel has no
+    reason to print, at every notebook, that TCP traffic is unencrypted. TCP where IPC is
+    missing (Windows)."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self) -> str:
+            return "tcp" if os.name == "nt" else "ipc"
+
+        @default("ip")
+        def _default_ip(self) -> str:
+            return "127.0.0.1" if os.name == "nt" else str(Path(folder) / "kernel")
+
+    return IPCKernelManager
+
+
 def run_notebook(notebook: str | os.PathLike, out: str | os.PathLike = "outputs",
                  parameters: Mapping[str, Any] | None = None, kernel_name: str = "python3",
                  progress: bool = True) -> dict[str, Any]:
@@ -143,10 +164,12 @@ def run_notebook(notebook: str | os.PathLike, out: str | os.PathLike = "outputs"
     run_dir.mkdir(parents=True, exist_ok=True)
     executed, html, metrics = run_dir / notebook.name, run_dir / f"{notebook.stem}.html", run_dir / "metrics.json"
     metrics.unlink(missing_ok=True)  # numbers from an earlier run must not pass for this one's
-    papermill.execute_notebook(
-        str(notebook), str(executed), parameters={"output_dir": str(run_dir), **(parameters or {})},
-        kernel_name=kernel_name, progress_bar=progress, store_widget_state=False,
-    )
+    with tempfile.TemporaryDirectory(prefix="i2m2kit-kernel-") as sockets:
+        papermill.execute_notebook(
+            str(notebook), str(executed), parameters={"output_dir": str(run_dir), **(parameters or {})},
+            kernel_name=kernel_name, progress_bar=progress, store_widget_state=False,
+            kernel_manager_class=ipc_kernel_manager(sockets),
+        )
     export_html(executed, html)
     return {"notebook": str(executed), "html": str(html),
             "metrics": json.loads(metrics.read_text()) if metrics.exists() else {}}

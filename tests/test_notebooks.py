@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -125,3 +126,25 @@ def test_a_nan_parameter_is_refused_where_bounds_are_asked():
         with pytest.raises(ValueError, match="share=nan: must be a number, not NaN"):
             check_parameter("share", float("nan"), kind=float, **bounds)
     check_parameter("share", 0.5, kind=float, low=0, high=1)  # a number in range passes
+
+
+def test_kernels_talk_over_ipc_so_the_console_has_no_tcp_warning(tmp_path):
+    """The kernel of every notebook run listens on IPC sockets in a private temporary folder,
+    removed afterwards; ipykernel's warning about unencrypted TCP is then never printed."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("output_dir = '.'", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("import ipykernel.kernelapp as k\nprint(k.IPKernelApp.instance().transport)")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    nbformat.write(nb, tmp_path / "transport.ipynb")
+    code = ("import sys; from i2m2kit.runner import run_notebook; "
+            f"run_notebook({str(tmp_path / 'transport.ipynb')!r}, {str(tmp_path / 'out')!r}, progress=False)")
+    before = {p.name for p in Path(tempfile.gettempdir()).glob("i2m2kit-kernel-*")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "without encryption" not in proc.stderr + proc.stdout
+    out = nbformat.read(tmp_path / "out" / "transport" / "transport.ipynb", as_version=4)
+    assert out.cells[-1].outputs[0]["text"].strip() == "ipc"
+    assert {p.name for p in Path(tempfile.gettempdir()).glob("i2m2kit-kernel-*")} == before
