@@ -92,12 +92,20 @@ def _literal(text: str):
 
 def compare(args: argparse.Namespace) -> int:
     """The five models on selection-variable data, next to the Bayes limit, as a table."""
+    from .runner import check_parameter
     from .simulate import SelectionModel
     from .tasks import synthetic
-    from .train import compare_models
+    from .train import compare_models, resolve_device
 
-    sim = SelectionModel(n_classes=args.classes, dims=tuple(args.dims), intra=tuple(args.intra),
-                         inter=args.inter, seed=args.seed)
+    try:  # a bad setting (e.g. --inter nan) in one line, before any sampling
+        sim = SelectionModel(n_classes=args.classes, dims=tuple(args.dims), intra=tuple(args.intra),
+                             inter=args.inter, seed=args.seed)
+        for name in ("n_train", "n_valid", "n_test", "epochs", "patience", "batch_size", "hidden"):
+            check_parameter(f"--{name.replace('_', '-')}", getattr(args, name), kind=int, low=1)
+        resolve_device(args.device)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     batches = {"train": sim.sample(args.n_train), "valid": sim.sample(args.n_valid), "test": sim.sample(args.n_test)}
     data = {name: synthetic.dataset(b) for name, b in batches.items()}
     bayes = sim.bayes_accuracy(batches["test"])

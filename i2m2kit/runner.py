@@ -90,8 +90,9 @@ def check_parameter(name: str, value: Any, kind: type | tuple[type, ...] | None 
     once with a message naming the parameter, not deep inside training.
 
     ``kind``: accepted type(s) (an int is accepted where float is asked); ``low``/``high``:
-    inclusive bounds (NaN refused); ``choices``: the allowed values; ``items``: a non-empty
-    list or tuple whose elements are of this type (or types)."""
+    inclusive bounds; ``choices``: the allowed values; ``items``: a non-empty list or tuple
+    whose elements are of this type (or types), ``low``, ``high`` and ``choices`` then holding
+    for each element. NaN and infinite numbers are always refused."""
     def fail(why: str) -> None:
         raise ValueError(f"parameter {name}={value!r}: {why}")
 
@@ -101,14 +102,6 @@ def check_parameter(name: str, value: Any, kind: type | tuple[type, ...] | None 
             kinds += (int,)
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             fail(f"expected {' or '.join(k.__name__ for k in kinds)}, got {type(value).__name__}")
-    if isinstance(value, float) and math.isnan(value):  # every comparison with NaN is False: it passes bounds
-        fail("must be a number, not NaN")
-    if choices is not None and value not in choices:
-        fail(f"must be one of {list(choices)}")
-    if low is not None and value < low:
-        fail(f"must be at least {low}")
-    if high is not None and value > high:
-        fail(f"must be at most {high}")
     if items is not None:
         item_kinds = items if isinstance(items, tuple) else (items,)
         named = " or ".join(k.__name__ for k in item_kinds)
@@ -116,6 +109,28 @@ def check_parameter(name: str, value: Any, kind: type | tuple[type, ...] | None 
             fail(f"expected a non-empty list of {named}")
         if not all(isinstance(v, item_kinds) and not isinstance(v, bool) for v in value):
             fail(f"every element must be {named}")
+        for i, v in enumerate(value):  # bounds and choices hold for each element
+            check_parameter(f"{name}[{i}]", v, low=low, high=high, choices=choices)
+        return
+    if isinstance(value, float) and not math.isfinite(value):  # NaN passes every bound; inf is no setting
+        fail("must be a finite number")
+    if choices is not None and value not in choices:
+        fail(f"must be one of {list(choices)}")
+    if low is not None and value < low:
+        fail(f"must be at least {low}")
+    if high is not None and value > high:
+        fail(f"must be at most {high}")
+
+
+def check_device(name: str, value: Any) -> None:
+    """A device parameter: a name, and one this machine has (``"auto"``, ``"cpu"``, ``"cuda"``, ...)."""
+    from .train import resolve_device
+
+    check_parameter(name, value, kind=str)
+    try:
+        resolve_device(value)
+    except ValueError as e:
+        raise ValueError(f"parameter {name}={value!r}: {e}") from None
 
 
 def check_known_parameters(notebook: str | os.PathLike, parameters: Mapping[str, Any]) -> None:

@@ -96,6 +96,8 @@ class SelectionModel:
             raise ValueError(f"class_conditional needs one of {CLASS_CONDITIONALS} per modality, got {class_conditional!r}")
         if interaction != "bilinear":
             raise ValueError(f"interaction must be 'bilinear', got {interaction!r}")
+        if not all(math.isfinite(float(v)) for v in (*intra, inter, bias)):  # NaN would hang the sampler
+            raise ValueError(f"intra, inter and bias must be finite numbers, got intra={intra}, inter={inter}, bias={bias}")
         if any(s < 0 for s in intra) or inter < 0:
             raise ValueError(f"intra and inter strengths must be non-negative, got intra={intra}, inter={inter}")
         self.n_classes, self.dims = n_classes, tuple(int(d) for d in dims)

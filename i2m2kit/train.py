@@ -72,9 +72,22 @@ class TensorData(Dataset):
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: the GPU when torch sees one, else the CPU. A device this machine does not
+    have is refused here, in one line, rather than at the first tensor moved to it."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device={device!r} is not a device name ({e}); use 'auto', 'cpu' or 'cuda'") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}: torch sees no CUDA GPU on this machine"
+                         f" (torch {torch.__version__}); use 'auto' or 'cpu'")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ValueError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r}: Apple's MPS is not available on this machine; use 'auto' or 'cpu'")
+    return resolved
 
 
 def make_loader(data: Dataset | DataLoader, batch_size: int, shuffle: bool = False,

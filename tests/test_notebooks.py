@@ -97,6 +97,16 @@ def test_the_data_parameter_points_at_the_data_root(shared_data):
     ("02_icu.ipynb", {"stays": 10}, "stays=10: must be at least 50"),
     ("02_icu.ipynb", {"test_set": "a"}, "test_set='a': must be one of"),
     ("02_icu.ipynb", {"n_train": 10}, "unknown parameter n_train"),
+    ("02_icu.ipynb", {"device": "cuda:7"}, "device='cuda:7': "),
+    ("00_selection_variable.ipynb", {"epochs": -1}, "epochs=-1: must be at least 1"),
+    ("00_selection_variable.ipynb", {"n_train": "abc"}, "n_train='abc': expected int, got str"),
+    ("00_selection_variable.ipynb", {"hidden": 0}, "hidden=0: must be at least 1"),
+    ("00_selection_variable.ipynb", {"inter": float("nan")}, "inter=nan: must be a finite number"),
+    ("00_selection_variable.ipynb", {"intra": float("inf")}, "intra=inf: must be a finite number"),
+    ("00_selection_variable.ipynb", {"grid_inter": []}, "grid_inter=[]: expected a non-empty list"),
+    ("00_selection_variable.ipynb", {"grid_intra": [0.0, -1.0]}, "grid_intra[1]=-1.0: must be at least 0"),
+    ("00_selection_variable.ipynb", {"regimes": ["staged"]}, "regimes[0]='staged': must be one of"),
+    ("00_selection_variable.ipynb", {"device": "gpu"}, "device='gpu': "),
 ])
 def test_a_bad_parameter_fails_at_once_naming_it(tmp_path, notebook, parameters, named):
     started = time.perf_counter()
@@ -122,10 +132,42 @@ def test_a_parameter_no_notebook_takes_is_refused_by_the_main_job(tmp_path):
 def test_a_nan_parameter_is_refused_where_bounds_are_asked():
     from i2m2kit.runner import check_parameter
 
-    for bounds in ({"low": 0}, {"high": 1}, {"low": 0, "high": 1}):
-        with pytest.raises(ValueError, match="share=nan: must be a number, not NaN"):
-            check_parameter("share", float("nan"), kind=float, **bounds)
+    for bounds in ({"low": 0}, {"high": 1}, {"low": 0, "high": 1}, {}):
+        for value in (float("nan"), float("inf"), -float("inf")):
+            with pytest.raises(ValueError, match=f"share={value}: must be a finite number"):
+                check_parameter("share", value, kind=float, **bounds)
     check_parameter("share", 0.5, kind=float, low=0, high=1)  # a number in range passes
+    with pytest.raises(ValueError, match=r"shares\[1\]=nan: must be a finite number"):
+        check_parameter("shares", [0.5, float("nan")], items=float, low=0)
+
+
+def test_a_device_the_machine_lacks_is_refused_in_one_line():
+    import torch
+
+    from i2m2kit.runner import check_device
+
+    check_device("device", "cpu")
+    check_device("device", "auto")
+    with pytest.raises(ValueError, match="device='gpu': device='gpu' is not a device name"):
+        check_device("device", "gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="torch sees no CUDA GPU on this machine"):
+            check_device("device", "cuda")
+    with pytest.raises(ValueError, match="expected str"):
+        check_device("device", 0)
+
+
+@pytest.mark.parametrize("arguments, named", [
+    (["--inter", "nan"], "inter and bias must be finite numbers"),
+    (["--intra", "1", "inf"], "inter and bias must be finite numbers"),
+    (["--hidden", "0"], "--hidden=0: must be at least 1"),
+    (["--n-train", "0"], "--n-train=0: must be at least 1"),
+    (["--device", "gpu"], "device='gpu' is not a device name"),
+])
+def test_compare_refuses_a_bad_setting_before_sampling(tmp_path, arguments, named):
+    proc = subprocess.run([sys.executable, "-m", "i2m2kit", "compare", *arguments, "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 2 and named in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
 
 
 def test_kernels_talk_over_ipc_so_the_console_has_no_tcp_warning(tmp_path):

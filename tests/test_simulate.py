@@ -125,3 +125,10 @@ def test_no_trained_model_beats_the_bayes_accuracy(kwargs):
         assert r["accuracy"] <= bayes + 3 * se, r["model"]
     best = max(r["accuracy"] for r in rows)
     assert best > bayes - 0.05  # and the best of them gets close: the limit is a real one
+
+
+@pytest.mark.parametrize("setting", [{"inter": float("nan")}, {"intra": (1.0, float("nan"))}, {"inter": float("inf")},
+                                     {"bias": float("nan")}])
+def test_non_finite_strengths_are_refused_rather_than_hanging_the_sampler(setting):
+    with pytest.raises(ValueError, match="must be finite numbers"):
+        ik.SelectionModel(n_classes=2, dims=(6, 6), **setting)
