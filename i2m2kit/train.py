@@ -249,6 +249,9 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch of every phase
     best: dict[str, float] = field(default_factory=dict)  # validation metrics of the kept model
     best_epoch: int = 0  # epoch of the final phase whose weights were kept
+    # seconds from the start of this call of fit to the end of each epoch's training (one per
+    # row of history written by this call; not kept in checkpoints: wall time is the machine's)
+    elapsed: list[float] = field(default_factory=list)
 
 
 def _better(value: float, best: float | None, monitor: str) -> bool:
@@ -321,7 +324,7 @@ def fit(
     use_fp16 = amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
 
     result = FitResult()
-    start_phase, start_epoch = 0, 0
+    start_phase, start_epoch, started = 0, 0, time.perf_counter()
     if state is not None:
         model.load_state_dict(state["model"])
         result = FitResult(list(state["history"]), dict(state["best_metrics"]), state["best_epoch"])
@@ -362,7 +365,9 @@ def fit(
             if selection.update(metrics[monitor], epoch, model):
                 result.best, result.best_epoch = metrics, epoch
             result.history.append(row)
+            result.elapsed.append(trained_until)
 
+        trained_until = time.perf_counter() - started
         if phase.start_is_candidate and valid is not None and first_epoch == 0:
             # fine-tuning can only make pretrained experts worse on validation: keep that option
             validate(0, {"phase": phase.name, "epoch": 0, "train_loss": None})
@@ -404,6 +409,7 @@ def fit(
                 count += len(target)
 
             total, count = distributed.sum_over_ranks([total, count])
+            trained_until = time.perf_counter() - started
             row: dict[str, Any] = {"phase": phase.name, "epoch": epoch + 1, "train_loss": total / count}
             if valid is not None:
                 validate(epoch + 1, row)
@@ -412,6 +418,7 @@ def fit(
             else:
                 result.best_epoch = epoch + 1
                 result.history.append(row)
+                result.elapsed.append(trained_until)
             if directory is not None and main:
                 save_atomic(_checkpoint(model, opt, scaler, phase_index, epoch + 1, result, selection, device),
                             directory / "last.pt")
@@ -479,6 +486,7 @@ def compare_models(
     checkpoint_dir: str | os.PathLike | None = None,
     progress: bool = True,
     trained: dict[str, I2M2] | None = None,
+    fit_results: dict[str, FitResult] | None = None,
     per_model: dict[str, dict[str, Any]] | None = None,
     **fit_kwargs: Any,
 ) -> list[dict[str, Any]]:
@@ -490,7 +498,8 @@ def compare_models(
     the single-expert models (uni-modal, inter) are trained first, for ``pretrain_epochs``,
     and are the pretraining of the others, which start from their weights and are fine-tuned
     (``train_seconds`` then includes that pretraining). Returns one row per model; if a
-    ``trained`` dict is given, the trained models are put in it by name. ``per_model`` maps a
+    ``trained`` dict is given, the trained models are put in it by name, and if a
+    ``fit_results`` dict is given, each model's ``FitResult``. ``per_model`` maps a
     model's name to ``fit`` arguments that replace the shared ones for it (a published recipe
     may train each model at its own learning rate).
     """
@@ -531,6 +540,8 @@ def compare_models(
             pretrained[next(iter(model.experts))] = (model, seconds)
         if trained is not None:
             trained[name] = model
+        if fit_results is not None:  # each run's history (and its wall time per epoch)
+            fit_results[name] = result
         rows[name] = {"model": name, **evaluate(model, test, device=device),
                       "best_epoch": result.best_epoch, "train_seconds": seconds}
     return [rows[name] for name in names]
