@@ -127,6 +127,8 @@ class Record:
 
 def _number(text: str, where: str, what: str) -> float:
     try:
+        if "_" in text:  # float() reads "1_0" as 10
+            raise ValueError(text)
         value = float(text)
     except ValueError:
         raise PrepareError(f"{where}: {what} {text!r} is not a number") from None
@@ -140,9 +142,12 @@ def parse_record(text: str, name: str, counts: dict[str, dict[str, int]]) -> Rec
 
     ``counts[variable]`` gains the measurements ``kept``, ``not_measured`` and ``implausible``.
     """
-    lines = text.splitlines()
+    lines = [line.rstrip("\r") for line in text.split("\n")]  # not splitlines: \f and the like end no line here
+    if lines[-1] == "":
+        lines.pop()
     if not lines or lines[0].strip() != HEADER:
-        raise PrepareError(f"{name}:1: expected the header {HEADER!r}, found {lines[0][:60] if lines else 'an empty file'!r}")
+        raise PrepareError(f"{name}:1: expected the header {HEADER!r}, found "
+                           + (repr(lines[0][:60]) if lines else "an empty file"))
     static = np.full(len(STATIC), np.nan)
     seen: set[str] = set()
     record_id = None
@@ -220,7 +225,7 @@ def record_files(raw: Path, set_name: str) -> tuple[Iterator[tuple[str, bytes]],
     read from, and how many there are. Sorted by name."""
     folder, archive = raw / f"set-{set_name}", raw / f"set-{set_name}.tar.gz"
     if folder.is_dir():
-        files = sorted(p for p in folder.iterdir() if p.suffix == ".txt")
+        files = sorted(p for p in folder.iterdir() if p.suffix == ".txt" and p.is_file() and not p.name.startswith("."))
         return ((str(p), p.read_bytes()) for p in files), str(folder), len(files)
     if not archive.is_file():
         raise PrepareError(f"{folder}: neither this folder nor {archive.name} is there")
@@ -237,7 +242,7 @@ def read_outcomes(file: Path) -> dict[int, tuple[int, tuple[int, ...]]]:
     """RecordID -> (line number, OUTCOMES) of an outcomes file."""
     if not file.is_file():
         raise PrepareError(f"{file}: not found (the outcomes of the set's records)")
-    lines = file.read_text(errors="replace").splitlines()
+    lines = [line.rstrip("\r") for line in file.read_text(errors="replace").split("\n")]
     expected = ",".join(("RecordID", *OUTCOMES))
     if not lines or lines[0].strip() != expected:
         raise PrepareError(f"{file}:1: expected the header {expected!r}")

@@ -108,7 +108,11 @@ def evaluate_probs(probs: np.ndarray, targets: np.ndarray, head: str) -> dict[st
 def event1_threshold(scores: np.ndarray, y: np.ndarray) -> float:
     """The threshold on ``scores`` (higher: more likely positive) that maximises the
     PhysioNet/CinC 2012 event-1 score, min(sensitivity, positive predictive value), on (y, scores)."""
-    precision, recall, thresholds = skm.precision_recall_curve(np.asarray(y), np.asarray(scores, dtype=np.float64))
+    y = np.asarray(y).astype(int)
+    if len(np.unique(y)) < 2:  # no threshold is then better than another
+        raise ValueError(f"the event-1 threshold needs positives and negatives; the {len(y)} labels given "
+                         f"are {np.unique(y).tolist()}")
+    precision, recall, thresholds = skm.precision_recall_curve(y, np.asarray(scores, dtype=np.float64))
     return float(thresholds[np.argmax(np.minimum(precision, recall)[:-1])])
 
 
@@ -120,6 +124,8 @@ def threshold_metrics(scores: np.ndarray, y: np.ndarray, threshold: float) -> di
     pred = (scores >= threshold).astype(int)
     sensitivity = skm.recall_score(y, pred, zero_division=0)
     ppv = skm.precision_score(y, pred, zero_division=0)
-    return {"auroc": float(skm.roc_auc_score(y, scores)), "auprc": float(skm.average_precision_score(y, scores)),
-            "event1": float(min(sensitivity, ppv)), "balanced_accuracy": float(skm.balanced_accuracy_score(y, pred)),
-            "sensitivity": float(sensitivity), "ppv": float(ppv)}
+    out = {"event1": float(min(sensitivity, ppv)), "balanced_accuracy": float(skm.balanced_accuracy_score(y, pred)),
+           "sensitivity": float(sensitivity), "ppv": float(ppv)}
+    if y.min() != y.max():  # one class only: the rankings are undefined and left out
+        out.update(auroc=float(skm.roc_auc_score(y, scores)), auprc=float(skm.average_precision_score(y, scores)))
+    return out

@@ -112,3 +112,22 @@ def test_three_experts_train_through_the_one_loop(folder):
     ik.fit(model, data["train"], data["valid"], progress=False, **pn.recipe(epochs=3))
     m = pn.clinical_metrics(model, data["valid"], data["train"])  # it learns: the training stays ranked
     assert m["auroc"] > max(0.7, before + 0.1) and set(m) >= {"auroc", "auprc", "event1", "balanced_accuracy"}
+
+
+def test_a_split_with_one_class_fails_or_leaves_the_rankings_out():
+    with pytest.raises(ValueError, match="needs positives and negatives"):
+        event1_threshold(np.array([0.1, 0.2, 0.3]), np.array([0, 0, 0]))
+    m = threshold_metrics(np.array([0.1, 0.9]), np.array([0, 0]), 0.5)
+    assert "auroc" not in m and m["balanced_accuracy"] == pytest.approx(0.5)
+
+
+def test_a_prepared_folder_of_another_format_is_refused(folder, tmp_path):
+    import json
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    meta = json.loads((other / "metadata.json").read_text())
+    (other / "metadata.json").write_text(json.dumps({**meta, "format_version": 99}))
+    with pytest.raises(ValueError, match="format version 99"):
+        pn.load(other)

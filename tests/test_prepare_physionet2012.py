@@ -331,3 +331,11 @@ def test_download_refuses_a_file_whose_checksum_differs(prep, mirror, tmp_path, 
     assert prep.main(["--raw", str(raw), "--out", str(tmp_path / "out"), "--download", "--sets", "a",
                       "--mirror", url, "--no-progress"]) == 2
     assert "set-a.tar.gz: its records" in capsys.readouterr().err and not (raw / "set-a.tar.gz").exists()
+
+
+def test_lines_end_at_newlines_only_and_numbers_are_plain(prep):
+    counts = defaultdict(lambda: {"kept": 0, "not_measured": 0, "implausible": 0})
+    with pytest.raises(prep.PrepareError, match=r"^1.txt:3: GCS 'x' is not a number"):
+        prep.parse_record("Time,Parameter,Value\n00:00,RecordID,1\x0c\n00:05,GCS,x\n", "1.txt", counts)
+    with pytest.raises(prep.PrepareError, match=r"^1.txt:3: GCS '1_0' is not a number"):
+        prep.parse_record("Time,Parameter,Value\r\n00:00,RecordID,1\r\n00:05,GCS,1_0\r\n", "1.txt", counts)

@@ -77,8 +77,8 @@ def metadata(path: str | Path) -> dict[str, Any]:
 def read_set(path: str | Path, set_name: str = "a") -> dict[str, np.ndarray]:
     """The arrays of one challenge set, checked for shape."""
     file = Path(path) / f"set-{set_name}.npz"
+    sets = sorted(metadata(path)["sets"])  # checks the format version too
     if not file.is_file():
-        sets = sorted(metadata(path)["sets"])
         raise FileNotFoundError(f"{file}: not found; the prepared folder holds the sets {sets}")
     with np.load(file) as npz:
         arrays = {k: npz[k] for k in npz.files}
