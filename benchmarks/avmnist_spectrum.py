@@ -11,7 +11,9 @@ the Bayes posterior composed from the share-0 uni-modal models (what equally goo
 recognition allows). Draws accuracy against the share per model (one HTML page, offline).
 
     python benchmarks/avmnist_spectrum.py --raw ../shared/data --work data/avmnist_spectrum \
-        [--n-train 6000 --n-test 2000 --valid-size 1000 --epochs 3 --seeds 0 1 2] --json spectrum.json
+        [--n-train 4000 --n-test 2000 --valid-size 1000 --epochs 3 --seeds 0 1 2] --json spectrum.json
+
+At the defaults the five shares took 100 min on a 2-core CPU (15-26 min per share, the longer ones beside other work).
 """
 
 import argparse
@@ -35,7 +37,7 @@ def main() -> None:
     parser.add_argument("--raw", default="../shared/data", help="folder of mnist/, fsdd/, esc50/")
     parser.add_argument("--work", default="data/avmnist_spectrum", help="where the prepared folders go (one per share)")
     parser.add_argument("--shares", type=float, nargs="*", default=list(sp.SHARES))
-    parser.add_argument("--n-train", type=int, default=6000, help="training pairs built, validation included")
+    parser.add_argument("--n-train", type=int, default=4000, help="training pairs built, validation included")
     parser.add_argument("--n-test", type=int, default=2000)
     parser.add_argument("--valid-size", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=3, help="epochs of each stage (published: 30)")
