@@ -17,7 +17,6 @@
 import argparse
 import time
 
-import numpy as np
 import torch
 
 import i2m2kit as ik
@@ -64,13 +63,8 @@ def main() -> None:
         _, trained = ik.compare_across_seeds(pn.build_model, data["train"], data["valid"], data["test"], args.seeds,
                                              **{**pn.recipe(args.epochs, regime), "device": device})
         for name in trained[0]:
-            runs = [pn.clinical_metrics(t[name], data["valid"], data["test"], device=device) for t in trained]
-            row = {"regime": regime, "model": name, "runs": len(runs)}
-            for metric in METRICS:
-                values = [r[metric] for r in runs]
-                row.update({metric: float(np.mean(values)), f"{metric}_std": float(np.std(values)),
-                            f"{metric}_runs": values})
-            rows.append(row)
+            rows.append({"regime": regime, "model": name, "runs": len(trained),
+                         **pn.clinical_over_seeds([t[name] for t in trained], data["valid"], data["test"], device)})
         print(f"{regime}: {time.perf_counter() - started:.0f} s for {len(args.seeds)} seeds", flush=True)
         if args.json:
             write_json_atomic(rows, args.json)

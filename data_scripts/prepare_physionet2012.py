@@ -62,7 +62,7 @@ import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -220,13 +220,13 @@ def _descriptor(static: np.ndarray, parameter: str, value: float, counts: dict[s
         static[STATIC.index(parameter.lower())] = value
 
 
-def record_files(raw: Path, set_name: str) -> tuple[Iterator[tuple[str, bytes]], str, int]:
-    """The record files of one set: an iterator of (name for errors, bytes), where they were
-    read from, and how many there are. Sorted by name."""
+def record_files(raw: Path, set_name: str) -> tuple[list[tuple[str, bytes]], str]:
+    """The record files of one set, sorted by name: (name for errors, bytes) each, and where
+    they were read from."""
     folder, archive = raw / f"set-{set_name}", raw / f"set-{set_name}.tar.gz"
     if folder.is_dir():
         files = sorted(p for p in folder.iterdir() if p.suffix == ".txt" and p.is_file() and not p.name.startswith("."))
-        return ((str(p), p.read_bytes()) for p in files), str(folder), len(files)
+        return [(str(p), p.read_bytes()) for p in files], str(folder)
     if not archive.is_file():
         raise PrepareError(f"{folder}: neither this folder nor {archive.name} is there")
     try:  # the whole archive is read first: a truncated one fails before any record is parsed
@@ -235,7 +235,7 @@ def record_files(raw: Path, set_name: str) -> tuple[Iterator[tuple[str, bytes]],
                        if m.isfile() and m.name.endswith(".txt") and not Path(m.name).name.startswith(".")}
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         raise PrepareError(f"{archive}: not a readable .tar.gz archive ({e or type(e).__name__}; truncated?)") from None
-    return ((f"{archive}:{n}", members[n]) for n in sorted(members)), str(archive), len(members)
+    return [(f"{archive}:{n}", members[n]) for n in sorted(members)], str(archive)
 
 
 def read_outcomes(file: Path) -> dict[int, tuple[int, tuple[int, ...]]]:
@@ -329,7 +329,7 @@ def download(raw: Path, sets: Sequence[str], mirror: str | None = None, progress
             set_name = name.split("-")[1][0]
             if set_name in PUBLISHED:  # and set A is the content this package was built on
                 kind = "records" if name.startswith("set-") else "outcomes"
-                found = (records_digest(list(record_files(path.parent, set_name)[0])) if kind == "records"
+                found = (records_digest(record_files(path.parent, set_name)[0]) if kind == "records"
                          else found)
                 if found != PUBLISHED[set_name][kind]:
                     raise PrepareError(f"{name}: its {kind} (checksum {found}) are not the published set {set_name.upper()}")
@@ -342,8 +342,7 @@ def download(raw: Path, sets: Sequence[str], mirror: str | None = None, progress
 
 def prepare_set(raw: Path, set_name: str, progress: bool = True) -> tuple[dict[str, np.ndarray], dict]:
     """The arrays and the metadata entry of one set."""
-    files_iter, source, n = record_files(raw, set_name)
-    files = list(files_iter)
+    files, source = record_files(raw, set_name)
     counts = {v: {"kept": 0, "not_measured": 0, "implausible": 0}
               for v in (*VARIABLES, *(f"descriptor:{d}" for d in DESCRIPTORS[1:]))}
     records: dict[int, tuple[str, Record]] = {}

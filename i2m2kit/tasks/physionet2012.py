@@ -35,7 +35,6 @@ challenge's own protocol. Normalisation statistics come from the train split onl
 from __future__ import annotations
 
 import functools
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 from ..experts import I2M2, Expert
+from ..io import read_metadata
 from ..metrics import event1_threshold, threshold_metrics
 from ..train import TensorData, predict
 from .mimic import Joint, mlp  # the same joint expert and MLP as MultiBench's MIMIC-III
@@ -64,13 +64,11 @@ ARRAYS = {"record_id": (), "static": (STATIC,), "static_mask": (STATIC,), "serie
 
 
 def metadata(path: str | Path) -> dict[str, Any]:
-    file = Path(path) / "metadata.json"
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: not found; build the prepared folder with '{BUILD.format(path=path)}'")
-    meta = json.loads(file.read_text())
+    """The prepared folder's ``metadata.json``, refused when another format version wrote it."""
+    meta = read_metadata(path, BUILD.format(path=path))
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{file}: format version {meta.get('format_version')}, this package reads {FORMAT_VERSION}; "
-                         f"rebuild it with '{BUILD.format(path=path)} --overwrite'")
+        raise ValueError(f"{Path(path) / 'metadata.json'}: format version {meta.get('format_version')}, this package "
+                         f"reads {FORMAT_VERSION}; rebuild it with '{BUILD.format(path=path)} --overwrite'")
     return meta
 
 
@@ -144,6 +142,20 @@ def model_inputs(arrays: dict[str, np.ndarray], rows: np.ndarray, stats: dict[st
     return {"static": torch.as_tensor(static, dtype=dtype), "series": torch.as_tensor(series, dtype=dtype)}
 
 
+def split_sets(path: str | Path, split_seed: int = 0, train_set: str = "a", test_set: str | None = None,
+               stays: int | None = None) -> dict[str, tuple[dict[str, np.ndarray], np.ndarray]]:
+    """``{"train", "valid", "test"}``: each split's set arrays and its rows in them (see ``load``)."""
+    if test_set == train_set:
+        raise ValueError(f"test_set {test_set!r} is the training set; name another set or None")
+    arrays = read_set(path, train_set)
+    splits = split_indices(outcome(arrays, LABEL), split_seed, test=test_set is None, stays=stays)
+    parts = {name: (arrays, rows) for name, rows in splits.items()}
+    if test_set is not None:
+        other = read_set(path, test_set)
+        parts["test"] = (other, np.arange(len(other["record_id"])))
+    return parts
+
+
 def load(path: str | Path, split_seed: int = 0, train_set: str = "a", test_set: str | None = None,
          stays: int | None = None, dtype: torch.dtype = torch.float32) -> dict[str, TensorData]:
     """The splits ``{"train", "valid", "test"}``; targets in-hospital death (0/1).
@@ -151,41 +163,22 @@ def load(path: str | Path, split_seed: int = 0, train_set: str = "a", test_set: 
     ``test_set``: another challenge set as the test split (default: 15% of ``train_set``).
     ``stays``: a stratified subsample of the training set (the test set stays whole).
     """
-    if test_set == train_set:
-        raise ValueError(f"test_set {test_set!r} is the training set; name another set or None")
-    arrays = read_set(path, train_set)
-    y = outcome(arrays, LABEL).astype(np.int64)
-    splits = split_indices(y, split_seed, test=test_set is None, stays=stays)
-    stats = training_statistics(arrays, splits["train"])
-    data = {name: TensorData(model_inputs(arrays, rows, stats, dtype), torch.from_numpy(y[rows]))
-            for name, rows in splits.items()}
-    if test_set is not None:
-        other = read_set(path, test_set)
-        rows = np.arange(len(other["record_id"]))
-        data["test"] = TensorData(model_inputs(other, rows, stats, dtype),
-                                  torch.from_numpy(outcome(other, LABEL).astype(np.int64)))
-    return data
+    parts = split_sets(path, split_seed, train_set, test_set, stays)
+    stats = training_statistics(*parts["train"])
+    return {name: TensorData(model_inputs(a, rows, stats, dtype), torch.from_numpy(outcome(a, LABEL)[rows].astype(np.int64)))
+            for name, (a, rows) in parts.items()}
 
 
 def reference_scores(path: str | Path, split_seed: int = 0, train_set: str = "a", test_set: str | None = None,
                      stays: int | None = None, column: str = REFERENCE) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(score, label) of the valid and test splits of ``load`` for a clinical score of the
     outcomes file (SAPS-I, SOFA), records without it (-1) left out."""
-    arrays = read_set(path, train_set)
-    y = outcome(arrays, LABEL)
-    splits = split_indices(y, split_seed, test=test_set is None, stays=stays)
-    parts = {"valid": (arrays, splits["valid"])}
-    if test_set is None:
-        parts["test"] = (arrays, splits["test"])
-    else:
-        other = read_set(path, test_set)
-        parts["test"] = (other, np.arange(len(other["record_id"])))
     out = {}
-    for name, (a, rows) in parts.items():
+    for name, (a, rows) in split_sets(path, split_seed, train_set, test_set, stays).items():
         score, label = outcome(a, column)[rows], outcome(a, LABEL)[rows]
         given = score >= 0
         out[name] = (score[given].astype(np.float64), label[given])
-    return out
+    return {name: out[name] for name in ("valid", "test")}
 
 
 def clinical_metrics_of_scores(valid: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
@@ -202,6 +195,18 @@ def clinical_metrics(model: I2M2, valid: TensorData, test: TensorData, device: s
     return clinical_metrics_of_scores(scores(valid), scores(test))
 
 
+def clinical_over_seeds(models: list[I2M2], valid: TensorData, test: TensorData,
+                        device: str = "auto") -> dict[str, Any]:
+    """``clinical_metrics`` of one model trained with several seeds: each metric's mean,
+    ``<metric>_std`` and ``<metric>_runs``."""
+    runs = [clinical_metrics(m, valid, test, device=device) for m in models]
+    out: dict[str, Any] = {}
+    for metric in runs[0]:
+        values = [r[metric] for r in runs]
+        out.update({metric: float(np.mean(values)), f"{metric}_std": float(np.std(values)), f"{metric}_runs": values})
+    return out
+
+
 # ---------------------------------------------------------------------- experts
 
 
@@ -211,7 +216,6 @@ class SeriesEncoder(nn.Module):
     def __init__(self, inputs: int = 3 * VARIABLES, hidden: int = 64):
         super().__init__()
         self.gru = nn.GRU(inputs, hidden, batch_first=True)
-        self.out_features = 2 * hidden
 
     def forward(self, series: torch.Tensor) -> torch.Tensor:
         states, last = self.gru(series)
