@@ -110,7 +110,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work) if args.work else out.parent / f".{out.name}-prepared"
     sizes = [a for flag, v in (("--n-train", args.n_train), ("--n-test", args.n_test)) if v for a in (flag, str(v))]
-    prepared = prepare_data("avmnist", args.raw, work, args=("--no-progress", *sizes))
+    prepared = prepare_data("avmnist", args.raw, work, args=("--no-progress", *sizes), reads=avmnist.RAW_READS)
     prepare_seconds = time.perf_counter() - started
     device = ik.resolve_device(args.device)
 

@@ -44,42 +44,94 @@ def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """The main job: every notebook, executed headless, with its HTML export and numbers."""
+    """The main job: every notebook, executed headless, with its HTML export and numbers.
+
+    A notebook that fails keeps its earlier results and is reported; the others still run.
+    ``summary.json`` and ``index.html`` describe what is in ``--out`` afterwards, the results of
+    earlier runs of notebooks not run now and every failure included. Exit code 1 if any failed."""
     import papermill
 
+    from .io import check_writable
     from .report import write_index
-    from .runner import data_parameters, run_notebook
+    from .runner import output_lock
 
     notebooks = sorted(Path(args.notebooks).glob("[0-9][0-9]_*.ipynb"))
-    if args.only:
-        notebooks = [nb for nb in notebooks if any(nb.name.startswith(o) for o in args.only)]
-    if not notebooks:
+    chosen = [nb for nb in notebooks if not args.only or any(nb.name.startswith(o) for o in args.only)]
+    if not chosen:
         print(f"error: no notebooks to run in {args.notebooks}", file=sys.stderr)
         return 2
     parameters = {name: _literal(value) for name, value in args.parameter}
     # -p applies to every notebook that declares the parameter; one that none declares is a typo
-    declared = {nb: set(papermill.inspect_notebook(str(nb))) for nb in notebooks}
+    declared = {nb: set(papermill.inspect_notebook(str(nb))) for nb in chosen}
     unknown = sorted(set(parameters) - set().union(*declared.values()))
     if unknown:
         print(f"error: no notebook here takes the parameter{'s' * (len(unknown) > 1)} {', '.join(unknown)}",
               file=sys.stderr)
         return 2
+    try:  # an output folder that cannot be written, or one another run writes, is said now
+        check_writable(args.out)
+        with output_lock(args.out):
+            status = {nb.stem: run_one(nb, args, {k: v for k, v in parameters.items() if k in declared[nb]})
+                      for nb in chosen}
+            summary = results_on_disk(notebooks, args.out, status)
+            write_json_atomic(summary, Path(args.out) / "summary.json")
+            print(f"\nnumbers of every notebook: {Path(args.out) / 'summary.json'}")
+            print(f"reports of every notebook:  {write_index(summary, args.out)}")
+    except (OSError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    failed = [name for name, s in status.items() if "failed" in s]
+    if failed:
+        print(f"error: {len(failed)} notebook{'s' * (len(failed) > 1)} failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_one(nb: Path, args: argparse.Namespace, own: dict) -> dict:
+    """Run one notebook of the main job; its status: ``{"ran": True}``, skipped or failed (why)."""
+    from .runner import data_parameters, run_notebook
+
+    data, skipped = data_parameters(nb, args.data, own)
+    if skipped:
+        print(f"skipping {nb.name}: {skipped}", flush=True)
+        return {"skipped": skipped}
+    print(f"running {nb} ...", flush=True)
+    try:
+        result = run_notebook(nb, args.out, {**data, **own}, progress=not args.no_progress)
+    except Exception as e:  # the next notebooks still run; this one kept its earlier results
+        print(f"  FAILED: {_one_line(e)}\n  its cells as run: "
+              f"{Path(args.out) / nb.stem / (nb.stem + '.failed.ipynb')}", flush=True)
+        return {"failed": _one_line(e)}
+    print(f"  executed notebook: {result['notebook']}\n  HTML report:       {result['html']}")
+    return {"ran": True}
+
+
+def _one_line(error: Exception) -> str:
+    """A notebook's error as one line: the exception the cell raised and its message."""
+    name, value = getattr(error, "ename", type(error).__name__), getattr(error, "evalue", str(error))
+    lines = str(value).strip().splitlines()
+    return f"{name}: {lines[-1] if lines else ''}"
+
+
+def results_on_disk(notebooks: list[Path], out: str | os.PathLike, status: dict[str, dict]) -> dict[str, dict]:
+    """What ``out`` holds for each notebook, as the summary says it: the executed copy, HTML and
+    numbers found there (``"from_earlier_run"`` when not run now), and this run's skip or failure."""
     summary = {}
     for nb in notebooks:
-        own = {k: v for k, v in parameters.items() if k in declared[nb]}
-        data, skipped = data_parameters(nb, args.data, own)
-        if skipped:
-            print(f"skipping {nb.name}: {skipped}", flush=True)
-            summary[nb.stem] = {"skipped": skipped}
-            continue
-        print(f"running {nb} ...", flush=True)
-        result = run_notebook(nb, args.out, {**data, **own}, progress=not args.no_progress)
-        summary[nb.stem] = result
-        print(f"  executed notebook: {result['notebook']}\n  HTML report:       {result['html']}")
-    write_json_atomic(summary, Path(args.out) / "summary.json")
-    print(f"\nnumbers of every notebook: {Path(args.out) / 'summary.json'}")
-    print(f"reports of every notebook:  {write_index(summary, args.out)}")
-    return 0
+        run_dir = Path(out) / nb.stem
+        executed, html, metrics = run_dir / nb.name, run_dir / f"{nb.stem}.html", run_dir / "metrics.json"
+        entry = dict(status.get(nb.stem, {}))
+        entry.pop("ran", None)
+        if executed.is_file() and html.is_file():
+            entry.update(notebook=str(executed), html=str(html),
+                         metrics=json.loads(metrics.read_text()) if metrics.is_file() else {})
+            if not status.get(nb.stem, {}).get("ran"):  # not run now, or skipped or failed: an earlier run's
+                entry["from_earlier_run"] = True
+        if "failed" in entry and (run_dir / f"{nb.stem}.failed.ipynb").is_file():
+            entry["failed_notebook"] = str(run_dir / f"{nb.stem}.failed.ipynb")
+        if entry:
+            summary[nb.stem] = entry
+    return summary
 
 
 def _literal(text: str):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import http.client
 import importlib.util
@@ -32,7 +33,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-")) / path.name
+    remove_leftovers(path)
+    # the process id in the name tells a later run whether the writer is still alive
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-")) / path.name
     try:
         yield tmp
         if path.is_dir() and tmp.is_dir():
@@ -43,6 +46,102 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def remove_leftovers(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary folders that killed writers of ``path`` left beside it (a SIGKILL
+    runs no clean-up); those of a live process are kept. Returns what was removed."""
+    path, removed = Path(path), []
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        pid = leftover.name[len(path.name) + 6:].split("-")[0]
+        if not pid.isdigit() or process_alive(int(pid)):
+            continue
+        shutil.rmtree(leftover, ignore_errors=True)
+        removed.append(leftover)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def check_free_space(folder: str | os.PathLike, need: int, what: str) -> None:
+    """Refuse, before the work, to write ``need`` bytes of ``what`` into ``folder`` (or the
+    nearest existing folder above it) when its disk has less room; raises OSError naming both."""
+    folder = Path(folder).absolute()
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise OSError(f"{folder}: {free / 2**20:,.0f} MiB free, but {what} needs about "
+                      f"{need / 2**20:,.0f} MiB; free some space or write elsewhere")
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Refuse at once, not after the work, an output folder that cannot be written: the nearest
+    existing folder at or above it must take a new file (probed), and it must not be a mount
+    point or symlink loop (the final rename would fail)."""
+    folder = Path(folder)
+    try:
+        folder.resolve(strict=False)
+    except RuntimeError as e:  # symlink loop (Python < 3.13)
+        raise OSError(f"{folder}: {e}") from None
+    if folder.is_symlink() and not folder.exists():
+        raise OSError(f"{folder}: a broken or looping symbolic link")
+    if os.path.ismount(folder):
+        raise OSError(f"{folder}: a mount point cannot be replaced; name a folder inside it")
+    parent = folder.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise OSError(f"{parent}: cannot write there ({e.strerror or e})") from None
+
+
+def fingerprint(raw: str | os.PathLike | None, settings: Any, reads: Iterable[str] = ("**/*",)) -> dict[str, Any]:
+    """What made a prepared folder: the raw input's identity (its resolved path and every file's
+    name, size and modification time under the ``reads`` patterns, hashed: cheap for gigabytes),
+    the settings it was made with, and the package version. Equal fingerprints mean the folder
+    may be reused; ``fingerprint_differences`` says what differs."""
+    from . import __version__
+
+    identity = hashlib.sha256()
+    files = 0
+    if raw is not None and Path(raw).exists():
+        root = Path(raw).resolve()
+        found = sorted({f for pattern in reads for f in root.glob(pattern) if f.is_file()})
+        for f in found:
+            stat = f.stat()
+            identity.update(f"{f.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        files = len(found)
+    return {"raw": None if raw is None else str(Path(raw).resolve()),
+            "raw_files": files, "raw_identity": identity.hexdigest(),
+            "settings": json.loads(json.dumps(settings, default=str)), "version": __version__}
+
+
+def fingerprint_differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """The fields of two fingerprints that differ, each said as 'field: stored -> wanted'."""
+    said = {"raw_identity": "raw files (names, sizes or times)"}
+    out = []
+    for key in sorted(set(stored) | set(wanted)):
+        if key == "raw_files" or stored.get(key) == wanted.get(key):
+            continue
+        if key == "raw_identity":
+            out.append(f"{said[key]} changed ({stored.get('raw_files')} -> {wanted.get('raw_files')} files)")
+        elif key == "settings" and isinstance(stored.get(key), dict) and isinstance(wanted.get(key), dict):
+            a, b = stored[key], wanted[key]
+            out += [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        else:
+            out.append(f"{key}: {stored.get(key)!r} -> {wanted.get(key)!r}")
+    return out
 
 
 def sha256(data: bytes) -> str:

@@ -52,17 +52,27 @@ def _link(target: str | os.PathLike, out: Path, text: str) -> str:
 
 
 def write_index(summary: Mapping[str, Mapping[str, Any]], out: str | os.PathLike) -> Path:
-    """Write ``<out>/index.html`` from the main job's summary (notebook name -> ``run_notebook``'s
-    result, or ``{"skipped": reason}``) and return its path."""
+    """Write ``<out>/index.html`` from the main job's summary (notebook name -> what ``--out``
+    holds of it: ``run_notebook``'s result, with ``"skipped"`` or ``"failed"`` (why) and
+    ``"from_earlier_run"`` where this run did not make it) and return its path."""
     out = Path(out)
     overview, numbers = [], []
     for notebook, result in summary.items():
         name = html.escape(notebook)
+        notes = []  # what this run did not do, in red: a failure, a skip, results of an earlier run
+        if "failed" in result:
+            failed = result.get("failed_notebook")
+            notes.append(f"failed: {html.escape(str(result['failed']))}"
+                         + (f" ({_link(failed, out, 'its cells as run')})" if failed else ""))
         if "skipped" in result:
-            overview.append(f"<tr><td>{name}</td><td colspan=2 class=skipped>skipped: "
-                            f"{html.escape(str(result['skipped']))}</td></tr>")
+            notes.append(f"skipped: {html.escape(str(result['skipped']))}")
+        if result.get("from_earlier_run") and "html" in result:
+            notes.append("the report below is from an earlier run")
+        note = f"<div class=skipped>{'; '.join(notes)}</div>" if notes else ""
+        if "html" not in result:
+            overview.append(f"<tr><td>{name}</td><td colspan=2>{note}</td></tr>")
             continue
-        overview.append(f"<tr><td>{name}</td><td>{_link(result['html'], out, 'report (HTML)')}</td>"
+        overview.append(f"<tr><td>{name}</td><td>{_link(result['html'], out, 'report (HTML)')}{note}</td>"
                         f"<td>{_link(result['notebook'], out, 'executed notebook')}</td></tr>")
         rows = list(measured_numbers(result.get("metrics", {})))
         for i, (measure, value) in enumerate(rows):
@@ -76,7 +86,7 @@ table {{ border-collapse: collapse; margin-bottom: 2em; }}
 th, td {{ border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: left; vertical-align: baseline; }}
 th {{ background: #f0f0f0; }}
 td.value {{ font-family: monospace; text-align: right; }}
-td.skipped {{ color: #a33; }}
+.skipped {{ color: #a33; }}
 </style></head>
 <body>
 <h1>i2m2kit: notebook reports</h1>

@@ -12,12 +12,15 @@ when the folder is not there.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from .io import atomic_path
 
@@ -168,26 +171,100 @@ def ipc_kernel_manager(folder: str | os.PathLike):
 def run_notebook(notebook: str | os.PathLike, out: str | os.PathLike = "outputs",
                  parameters: Mapping[str, Any] | None = None, kernel_name: str = "python3",
                  progress: bool = True) -> dict[str, Any]:
-    """Execute ``notebook`` with ``parameters``; return where its copy, HTML and numbers are."""
+    """Execute ``notebook`` with ``parameters``; return where its copy, HTML and numbers are.
+
+    Atomic: the executed copy and its HTML are written beside the old ones and replace them,
+    with the new ``metrics.json``, only when every cell ran. On failure the earlier results
+    stay as they were, the failed copy is kept as ``<name>.failed.ipynb`` to read the error in,
+    and the error is raised. A run killed midway leaves its staging folder and the earlier
+    numbers aside; the next run of the notebook puts them back (``recover_results``).
+    """
     import papermill
 
     notebook = Path(notebook)
     if not notebook.is_file():
         raise FileNotFoundError(f"notebook {notebook} does not exist")
     check_known_parameters(notebook, parameters or {})
+    parameters = {"output_dir": str(Path(out) / notebook.stem), **(parameters or {})}
     run_dir = Path(out) / notebook.stem
     run_dir.mkdir(parents=True, exist_ok=True)
-    executed, html, metrics = run_dir / notebook.name, run_dir / f"{notebook.stem}.html", run_dir / "metrics.json"
-    metrics.unlink(missing_ok=True)  # numbers from an earlier run must not pass for this one's
-    with tempfile.TemporaryDirectory(prefix="i2m2kit-kernel-") as sockets:
-        papermill.execute_notebook(
-            str(notebook), str(executed), parameters={"output_dir": str(run_dir), **(parameters or {})},
-            kernel_name=kernel_name, progress_bar=progress, store_widget_state=False,
-            kernel_manager_class=ipc_kernel_manager(sockets),
-        )
-    export_html(executed, html)
+    recover_results(run_dir)
+    executed, html, failed = run_dir / notebook.name, run_dir / f"{notebook.stem}.html", run_dir / f"{notebook.stem}.failed.ipynb"
+    metrics = Path(parameters["output_dir"]) / "metrics.json"
+    earlier = run_dir / f".metrics.earlier-{os.getpid()}.json"
+    if metrics.exists():  # the notebook writes metrics.json itself: keep the earlier one aside until it succeeds
+        os.replace(metrics, earlier)
+    stage = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".stage-{os.getpid()}-"))
+    try:
+        with tempfile.TemporaryDirectory(prefix="i2m2kit-kernel-") as sockets:
+            papermill.execute_notebook(
+                str(notebook), str(stage / notebook.name), parameters=parameters,
+                kernel_name=kernel_name, progress_bar=progress, store_widget_state=False,
+                kernel_manager_class=ipc_kernel_manager(sockets),
+            )
+        export_html(stage / notebook.name, stage / html.name)
+    except BaseException:  # Ctrl-C too: the earlier results come back
+        if (stage / notebook.name).exists():
+            os.replace(stage / notebook.name, failed)
+        metrics.unlink(missing_ok=True)
+        if earlier.exists():
+            os.replace(earlier, metrics)
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    os.replace(stage / notebook.name, executed)
+    os.replace(stage / html.name, html)
+    earlier.unlink(missing_ok=True)
+    failed.unlink(missing_ok=True)
+    shutil.rmtree(stage, ignore_errors=True)
     return {"notebook": str(executed), "html": str(html),
             "metrics": json.loads(metrics.read_text()) if metrics.exists() else {}}
+
+
+def recover_results(run_dir: str | os.PathLike) -> list[str]:
+    """Undo what a killed run of a notebook left in its folder: its staging folders are
+    removed, and the earlier ``metrics.json`` it had set aside is put back (the run never
+    finished, so its own numbers, if any, are not trusted). Returns what was done, said."""
+    from .io import process_alive
+
+    said = []
+    for leftover in sorted(Path(run_dir).glob(".stage-*")) + sorted(Path(run_dir).glob(".metrics.earlier-*.json")):
+        pid = leftover.name.split("-")[1].split(".")[0]
+        if pid.isdigit() and process_alive(int(pid)):
+            continue  # a run still going (the lock keeps two runs apart; this is a direct caller)
+        if leftover.name.startswith(".stage-"):
+            shutil.rmtree(leftover, ignore_errors=True)
+            said.append(f"removed {leftover.name}, left by a run that was killed")
+        else:
+            os.replace(leftover, Path(run_dir) / "metrics.json")
+            said.append(f"restored the metrics.json a killed run had set aside")
+    for line in said:
+        print(f"{run_dir}: {line}")
+    return said
+
+
+@contextlib.contextmanager
+def output_lock(out: str | os.PathLike) -> Iterator[None]:
+    """Hold ``<out>/.i2m2kit-run.lock`` for a run: a second run into the same folder is refused
+    at once (the operating system releases the lock when a run dies, however it dies)."""
+    import fcntl
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    with open(Path(out) / ".i2m2kit-run.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise RuntimeError(f"{out}: another i2m2kit run (pid {holder}) is writing here; wait for it to "
+                               f"finish or pass another --out") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.truncate(0)
 
 
 def repository_root() -> Path:
@@ -207,21 +284,54 @@ def find_folder(path: str | os.PathLike) -> Path | None:
     return None
 
 
-def prepare_data(benchmark: str, raw: str | os.PathLike, out: str | os.PathLike,
-                 args: tuple[str, ...] = (), scripts: str | os.PathLike | None = None) -> Path:
-    """Run ``data_scripts/prepare_<benchmark>.py --raw RAW --out OUT`` unless OUT already holds
-    its result; return OUT. A failure raises with the script's own one-line error."""
+def prepare_data(benchmark: str, raw: str | os.PathLike | None, out: str | os.PathLike,
+                 args: tuple[str, ...] = (), scripts: str | os.PathLike | None = None,
+                 reads: tuple[str, ...] = ("**/*",)) -> Path:
+    """Run ``data_scripts/prepare_<benchmark>.py --raw RAW --out OUT ARGS`` unless OUT already
+    holds its result; return OUT. A failure raises with the script's own one-line error.
+
+    A folder built here records a fingerprint of what made it in its ``metadata.json``: the raw
+    files' identity (names, sizes and times of the files under ``reads`` in RAW), the script's
+    arguments and content, the package version. It is reused only when the fingerprint of this
+    call matches; otherwise this refuses, saying what differs (stale data must never pass for
+    new). A prepared folder built elsewhere (by hand, or a published release) has no
+    fingerprint and is used as given, which is said. ``raw`` None or missing: the raw files
+    cannot be checked, so only the settings are (and that is said)."""
     import subprocess
     import sys
 
+    from .io import fingerprint, fingerprint_differences, write_json_atomic
+
     out = Path(out)
-    if (out / "metadata.json").exists():
-        print(f"reusing the prepared data in {out}")
-        return out
     script = Path(scripts or repository_root() / "data_scripts") / f"prepare_{benchmark}.py"
+    settings = {"script": script.name, "arguments": [str(a) for a in args],
+                "script_sha256": hashlib.sha256(script.read_bytes()).hexdigest() if script.is_file() else None}
+    have_raw = raw is not None and Path(raw).exists()
+    if (out / "metadata.json").exists():
+        meta = json.loads((out / "metadata.json").read_text())
+        stored = meta.get("fingerprint")
+        if stored is None:
+            print(f"using the prepared data in {out} as given (built outside this runner: its origin is not checked)")
+            return out
+        wanted = fingerprint(raw if have_raw else None, settings, reads)
+        if not have_raw:  # nothing to compare the raw files with
+            stored = {k: v for k, v in stored.items() if not k.startswith("raw")}
+            wanted = {k: v for k, v in wanted.items() if not k.startswith("raw")}
+        differences = fingerprint_differences(stored, wanted)
+        if differences:
+            raise ValueError(f"{out}: prepared from other input or settings ({'; '.join(differences)}); "
+                             f"delete the folder to rebuild it, or name another prepared folder")
+        print(f"reusing the prepared data in {out} (made from the same "
+              f"{'raw files and ' if have_raw else ''}settings{'' if have_raw else '; the raw files are not here to check'})")
+        return out
+    if raw is None:
+        raise FileNotFoundError(f"{out}: no prepared data there, and no raw files given to build it from")
     done = subprocess.run([sys.executable, str(script), "--raw", str(raw), "--out", str(out), *args],
                           capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{script.name} failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+    meta = json.loads((out / "metadata.json").read_text())
+    meta["fingerprint"] = fingerprint(raw, settings, reads)  # after the build: a --download adds raw files
+    write_json_atomic(meta, out / "metadata.json")
     print(done.stdout.strip())
     return out

@@ -96,3 +96,21 @@ def test_mimic_pointed_at_the_physionet_files_says_what_to_pass(shared_data, tmp
         run_notebook(NOTEBOOK, tmp_path, {"dataset": "mimic", "data_dir": str(shared_data / "physionet2012")},
                      progress=False)
     assert "holds no MIMIC-III tables" in str(failure.value) and "-p data_dir" in str(failure.value)
+
+
+def test_a_rerun_with_other_raw_files_refuses_the_stale_prepared_data_and_keeps_the_results(physionet, shared_data,
+                                                                                            tmp_path):
+    """The user's case: a second run into the same folder with -p data_dir OTHER used to train
+    on the first data set, exit 0. The prepared folder's fingerprint names what differs."""
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in (shared_data / "physionet2012").iterdir():  # the same files, found elsewhere
+        (other / f.name).symlink_to(f)
+    run_dir = Path(physionet["notebook"]).parent
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    with pytest.raises(Exception) as failure:
+        run_notebook(NOTEBOOK, run_dir.parent, {"data_dir": str(other), "stays": 400, "epochs": 1}, progress=False)
+    assert "prepared from other input or settings (raw:" in str(failure.value) and "delete the folder" in str(failure.value)
+    after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    assert after.pop("02_icu.failed.ipynb") and after == before
+    (run_dir / "02_icu.failed.ipynb").unlink()

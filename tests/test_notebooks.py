@@ -107,6 +107,10 @@ def test_the_data_parameter_points_at_the_data_root(shared_data):
     ("00_selection_variable.ipynb", {"grid_intra": [0.0, -1.0]}, "grid_intra[1]=-1.0: must be at least 0"),
     ("00_selection_variable.ipynb", {"regimes": ["staged"]}, "regimes[0]='staged': must be one of"),
     ("00_selection_variable.ipynb", {"device": "gpu"}, "device='gpu': "),
+    ("01_avmnist.ipynb", {"n_train": 100, "valid_size": 100}, "valid_size=100: must be at most 99"),
+    ("03_fastmri.ipynb", {"patience": 0}, "patience=0: must be at least 1"),
+    ("04_vqa.ipynb", {"seeds": []}, "seeds=[]: expected a non-empty list"),
+    ("05_nlvr.ipynb", {"lr": float("nan")}, "lr=nan: must be a finite number"),
 ])
 def test_a_bad_parameter_fails_at_once_naming_it(tmp_path, notebook, parameters, named):
     started = time.perf_counter()
@@ -116,7 +120,8 @@ def test_a_bad_parameter_fails_at_once_naming_it(tmp_path, notebook, parameters,
     assert named in str(failure.value)
     assert time.perf_counter() - started < 60  # in the first cell, before any data or training
     if "unknown" not in named:  # it ran, and failed in the cell right after the parameters
-        nb = nbformat.read(tmp_path / notebook.removesuffix(".ipynb") / notebook, as_version=4)
+        stem = notebook.removesuffix(".ipynb")  # the failed run's cells are kept beside the earlier results
+        nb = nbformat.read(tmp_path / stem / f"{stem}.failed.ipynb", as_version=4)
         failed = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
                   and any(o.output_type == "error" for o in c.outputs)]
         code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]

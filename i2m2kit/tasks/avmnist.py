@@ -31,6 +31,8 @@ from ..io import class_labels, read_array
 from ..train import TensorData
 
 MODALITIES = ("image", "audio")
+# what prepare_avmnist.py reads of its --raw folder (which may hold other data sets too)
+RAW_READS = ("mnist/**/*", "fsdd/**/*", "esc50/**/*")
 N_CLASSES = 10
 VALID_SIZE = 5000  # the last training pairs, by convention of the release
 

@@ -92,7 +92,8 @@ def prepared(raw: str | Path, folder: str | Path, share: float, n_train: int, n_
                              f"remove it or choose another folder")
         return folder
     return prepare_data("avmnist", raw, folder, args=("--no-progress", "--n-train", str(n_train), "--n-test", str(n_test),
-                                                     "--seed", str(seed), "--inter-share", str(share)))
+                                                     "--seed", str(seed), "--inter-share", str(share)),
+                        reads=avmnist.RAW_READS)
 
 
 def accuracy_by_kind(logits: torch.Tensor, targets: torch.Tensor, inter: torch.Tensor) -> dict[str, float]:
