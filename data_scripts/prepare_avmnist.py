@@ -66,7 +66,8 @@ import sklearn
 from sklearn.decomposition import PCA
 from tqdm.auto import tqdm
 
-from i2m2kit.io import PrepareError, atomic_path, fetch, output_folder_problem, sha256
+from i2m2kit.io import (PrepareError, atomic_folder, atomic_path, check_free_space, fetch,
+                        output_folder_problem, prepare_output, sha256)
 
 FORMAT_VERSION = 1
 OUTPUTS = ("metadata.json", "image", "audio", "*_labels.npy", "*_pairs.csv")  # all --overwrite may replace
@@ -275,8 +276,9 @@ def read_wav(data: bytes, name: str) -> tuple[int, np.ndarray]:
             rate, x = scipy.io.wavfile.read(io.BytesIO(data))
     except scipy.io.wavfile.WavFileWarning as e:
         raise PrepareError(f"{name}: damaged WAV file ({e})") from e
-    except (ValueError, EOFError, struct.error) as e:
-        raise PrepareError(f"{name}: not a readable WAV file ({e})") from e
+    except (ValueError, EOFError, struct.error, ArithmeticError, UnboundLocalError) as e:
+        # scipy fails on some garbage headers with the last two (a channel count of 255, say)
+        raise PrepareError(f"{name}: not a readable WAV file ({e or type(e).__name__})") from None
     if x.dtype == np.uint8:
         x = (x.astype(np.float32) - 128) / 128
     elif np.issubdtype(x.dtype, np.integer):
@@ -288,13 +290,26 @@ def read_wav(data: bytes, name: str) -> tuple[int, np.ndarray]:
     return rate, x.astype(np.float32)
 
 
+def _read(path: Path, what: str) -> bytes:
+    """The bytes of an input file; one that cannot be read (a folder or a broken link in its
+    place, no permission, an I/O error) is named."""
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise PrepareError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+
+
 def _recording_files(folder: Path):
     """(file name, where it is, bytes) of every FSDD recording in ``folder``, loose or in one archive."""
     loose = sorted(p for p in folder.rglob("*.wav") if FSDD_RECORDING.match(p.name))
+    for p in loose:
+        yield p.name, str(p), _read(p, "recording")
     if loose:
-        yield from ((p.name, str(p), p.read_bytes()) for p in loose)
         return
-    archives = sorted(p for p in folder.iterdir() if p.name.endswith((".tar.gz", ".tgz", ".tar", ".zip")))
+    try:
+        archives = sorted(p for p in folder.iterdir() if p.name.endswith((".tar.gz", ".tgz", ".tar", ".zip")))
+    except OSError as e:
+        raise PrepareError(f"{folder}: cannot list the folder ({e.strerror or e})") from None
     if not archives:
         raise PrepareError(f"{folder}: no FSDD recordings ({{digit}}_{{speaker}}_{{index}}.wav) and no "
                            f".tar.gz/.zip archive of them (pass --download to fetch them)")
@@ -323,6 +338,8 @@ def load_recordings(folder: Path) -> tuple[list[Sound], dict]:
         rate, samples = read_wav(data, where)
         if rate != RATE:
             raise PrepareError(f"{where}: sample rate {rate} Hz, FSDD recordings are {RATE} Hz")
+        if not samples.any():  # its pairs would hear the noise alone
+            raise PrepareError(f"{where}: recording is silent")
         digit, speaker, _ = FSDD_RECORDING.match(name).groups()
         recordings.append(Sound(name, samples, int(digit), speaker))
         lines.append(f"{name} {sha256(data)}\n")
@@ -343,8 +360,15 @@ def load_noise_clips(folder: Path) -> tuple[list[Sound], dict]:
     if table is None:
         raise PrepareError(f"{folder / 'clips.csv'}: not found (nor ESC-50's meta/esc50.csv): "
                            f"the table that names each clip's class")
-    with open(table, newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(table, newline="", encoding="utf-8") as f:
+            reader, rows = csv.DictReader(f), []
+            for row in reader:
+                if None in row.values():  # DictReader fills a short line with None
+                    raise PrepareError(f"{table} line {reader.line_num}: fewer fields than its header")
+                rows.append(row)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:  # unreadable, not UTF-8 text, a garbage line
+        raise PrepareError(f"{table}: cannot read the table ({getattr(e, 'strerror', None) or e})") from None
     if not rows:
         raise PrepareError(f"{table}: lists no clips")
     missing = {"filename", "target", "category"} - set(rows[0])
@@ -362,7 +386,7 @@ def load_noise_clips(folder: Path) -> tuple[list[Sound], dict]:
         path = folder / "audio" / row["filename"]
         if not path.is_file():
             raise PrepareError(f"{path}: noise clip listed in {table.name} not found")
-        data = path.read_bytes()
+        data = _read(path, "noise clip")
         sha = sha256(data)
         checksums[row["filename"]] = {"sha256": sha, "published": ESC50_MANIFEST.get(row["filename"], (0, "", ""))[2] == sha}
         rate, x = read_wav(data, str(path))
@@ -612,16 +636,32 @@ def prepare(raw: str | os.PathLike, out: str | os.PathLike, *, seed: int = 0, n_
     share of pairs whose label lives only in the relation of image and recording (see
     ``pair_digits``); 0 is the published benchmark.
     """
+    # The settings first: each would fail only after the slow steps, or not at all.
     if not (isinstance(inter_share, (int, float)) and 0 <= inter_share <= 1):  # NaN too
         raise PrepareError(f"inter_share must be a number from 0 to 1, got {inter_share!r}")
-    raw, out = Path(raw), Path(out)
-    if problem := output_folder_problem(out, overwrite, [raw / "mnist", raw / "fsdd", raw / "esc50"],
-                                         outputs=OUTPUTS):
-        raise PrepareError(problem)
     if seed < 0:  # numpy's generators refuse it, but only after the slow steps
         raise PrepareError(f"seed must be a non-negative integer, got {seed}")
     if not math.isfinite(snr_db):  # NaN would mix silently into garbage spectrograms
         raise PrepareError(f"snr_db must be a finite number of dB, got {snr_db}")
+    for name, n in (("n_train", n_train), ("n_test", n_test)):
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise PrepareError(f"{name} must be a whole number of at least 1, got {n!r}")
+    if not 0 < image_energy <= 1:  # NaN too
+        raise PrepareError(f"image_energy must be in (0, 1], got {image_energy}")
+    for name, values in (("test_speakers", test_speakers), ("test_noise_classes", test_noise_classes)):
+        if not len(values):  # an empty test split of speakers or noise
+            raise PrepareError(f"{name} must name at least one, got none")
+    raw, out = Path(raw), Path(out)
+    prepare_output(out)  # now, not after the work: unwritable, a mount point, a loop; killed runs' leftovers gone
+    inputs = [raw / "mnist", raw / "fsdd", raw / "esc50"]
+    for folder in (raw, *inputs):  # one there but not a folder: named now (resolving a looping link fails)
+        if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
+            raise PrepareError(f"{folder}: not a folder (a file, or a broken or looping symbolic link)")
+    if problem := output_folder_problem(out, overwrite, inputs, outputs=OUTPUTS):
+        raise PrepareError(problem)
+    # uint8 arrays of known shapes, a pairs.csv line (< 128 bytes) per pair, metadata.json
+    pairs = min(n_train, N_TRAIN) + min(n_test, N_TEST)
+    check_free_space(out, pairs * (784 + SPECTROGRAM_SIZE ** 2 + 8 + 128) + 2 ** 20, "the prepared AV-MNIST data")
     if download_missing:
         download(raw, mirror or os.environ.get(MIRROR_ENV), progress)
 
@@ -686,7 +726,7 @@ def prepare(raw: str | os.PathLike, out: str | os.PathLike, *, seed: int = 0, n_
                       "inter-modality pair, and a larger share turns more examples, in one random order",
             "counts": {split: int(p.inter.sum()) for split, p in pairing.items()},
             "pairs_csv_columns": ["image_index", "digit_shown", "digit_heard", "inter"]}
-    with atomic_path(out) as tmp:
+    with atomic_folder(out) as tmp:  # a full disk meanwhile: one line, nothing left
         for folder in ("image", "audio"):
             (tmp / folder).mkdir(parents=True)
         for split, (labels, _, _) in splits.items():
@@ -734,7 +774,7 @@ def main(argv: list[str] | None = None) -> int:
                            generated_noise=args.generated_noise, overwrite=args.overwrite,
                            download_missing=args.download, mirror=args.mirror, progress=not args.no_progress,
                            inter_share=args.inter_share)
-    except PrepareError as e:
+    except (PrepareError, OSError) as e:  # OSError: --out unwritable or out of room (its message names it)
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.out}: {metadata['sizes']['train']} train and {metadata['sizes']['test']} test pairs; "

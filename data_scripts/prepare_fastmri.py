@@ -44,9 +44,14 @@ Output (``--out``, written atomically; an existing folder only with ``--overwrit
 
 The raw files are read volume by volume (one volume in memory, tens of MB), each volume's
 result saved at once in ``<out>.partial/``; a run that stops (an error, Ctrl-C) keeps them,
-and the next run with the same settings continues from there. A file that is corrupt or
-unexpected stops the run with one line naming it (``--on-error stop``, the default), or is
-left out and listed in ``metadata.json`` (``--on-error skip``).
+and the next run continues from there, but only if ``<out>.partial/fingerprint.json`` (the
+``--raw`` folder, the names, sizes and times of its ``.h5`` files, the settings that shape a
+volume's result, the package version) matches: otherwise it refuses, saying what differs
+(delete the folder, or ``--restart``). A file that is corrupt or unexpected, a folder that
+cannot be listed, a broken or looping link under ``--raw``, stops the run with one line naming
+it (``--on-error stop``, the default), or is left out and listed in ``metadata.json`` and in
+the last line printed (``--on-error skip``). Before any volume is read, the folder above
+``--out`` must take a new file and have room for the output and its per-volume copies.
 
     python data_scripts/prepare_fastmri.py --raw ~/fastmri/knee --annotations ../shared/data/fastmri_plus \
         --out data/fastmri
@@ -56,9 +61,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import glob
 import hashlib
 import json
+import os
 import shutil
+import stat
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -66,11 +74,12 @@ from typing import Sequence
 
 import h5py
 import numpy as np
-from numpy.lib.format import open_memmap
 from sklearn.utils.class_weight import compute_class_weight
 from tqdm.auto import tqdm
 
-from i2m2kit.io import atomic_path, output_folder_problem
+from i2m2kit.io import (PrepareError, allocated_memmap, atomic_path, check_free_space, check_input,
+                        fingerprint, fingerprint_differences, output_folder_problem, prepare_output,
+                        write_json_atomic)
 
 FORMAT_VERSION = 1
 KSPACE_SHAPE = (640, 400)  # the published zero-filled k-space grid
@@ -82,10 +91,6 @@ ABNORMAL = ("other", "any")  # published: a finding other than the three named o
 DTYPES = ("float16", "float32")
 ANNOTATION_COLUMNS = ("file", "slice", "study_level", "label")
 DATA_USE = "the fastMRI knee files need a data-use agreement: https://fastmri.med.nyu.edu/"
-
-
-class PrepareError(Exception):
-    """Invalid input: the message names the file (and the field or line)."""
 
 
 class VolumeError(PrepareError):
@@ -275,49 +280,130 @@ def class_weights(labels: np.ndarray) -> dict[str, dict[str, float]]:
     return out
 
 
-def raw_volumes(raw: Path) -> dict[str, Path]:
-    """name -> path of every ``*.h5`` under ``raw``; a name found twice is an error."""
+def raw_volumes(raw: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """name -> path of every ``*.h5`` under ``raw`` (linked folders followed), and the entries
+    that could not be read, path under ``raw`` -> why: pathlib's rglob would pass over them in
+    silence. A name found twice is an error."""
     if not raw.is_dir():
         raise PrepareError(f"{raw}: no such folder; {DATA_USE}")
+    paths, unreadable = [], {}
+    info = raw.stat()
+    seen = {(info.st_dev, info.st_ino): raw}  # folders read, to stop at a link back to one
+    folders = [raw]
+    while folders:
+        folder = folders.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = [folder / e.name for e in listing]
+        except OSError as e:
+            unreadable[folder.relative_to(raw).as_posix()] = f"folder cannot be listed ({e.strerror})"
+            continue
+        for path in entries:
+            try:
+                info = path.stat()  # through links
+            except OSError as e:
+                unreadable[path.relative_to(raw).as_posix()] = (
+                    "a broken symbolic link" if path.is_symlink() and isinstance(e, FileNotFoundError)
+                    else f"cannot be read ({e.strerror})")
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                if (info.st_dev, info.st_ino) in seen:
+                    unreadable[path.relative_to(raw).as_posix()] = f"a link back to {seen[info.st_dev, info.st_ino]}"
+                    continue
+                seen[info.st_dev, info.st_ino] = path
+                folders.append(path)
+            elif path.suffix == ".h5":
+                paths.append(path)
     found: dict[str, Path] = {}
-    for path in sorted(raw.rglob("*.h5")):
+    for path in sorted(paths):
         if path.stem in found:
             raise PrepareError(f"{path}: volume {path.stem} is also at {found[path.stem]}")
         found[path.stem] = path
-    if not found:
+    if not found and not unreadable:
         raise PrepareError(f"{raw}: no .h5 files; {DATA_USE}")
-    return found
+    return found, dict(sorted(unreadable.items()))
+
+
+def kspace_slices(path: Path) -> int:
+    """A volume's number of slices, from its header; 0 if it cannot be read (read_volume says why)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return int(f["kspace"].shape[0])
+    except (OSError, KeyError, IndexError, TypeError):
+        return 0
+
+
+def stored_fingerprint(partial: Path) -> dict | None:
+    """What made the volumes in ``<out>.partial``, as recorded there; None if there is no record."""
+    try:
+        stored = json.loads((partial / "fingerprint.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return stored if isinstance(stored, dict) else None
 
 
 def prepare(raw: str | Path, annotations: str | Path, out: str | Path, seed: int = 0, dtype: str = "float16",
-            abnormal: str = "other", on_error: str = "stop", overwrite: bool = False,
+            abnormal: str = "other", on_error: str = "stop", overwrite: bool = False, restart: bool = False,
             progress: bool = True) -> dict:
-    """Read ``raw`` and ``annotations``, write the prepared folder ``out``; return its metadata."""
+    """Read ``raw`` and ``annotations``, write the prepared folder ``out``; return its metadata.
+    ``restart``: discard the volumes an earlier run left in ``<out>.partial`` instead of reusing them."""
+    for option, value in (("raw", raw), ("annotations", annotations), ("out", out)):
+        if not str(value).strip():  # Path("") would be the working folder
+            raise PrepareError(f"{option} (--{option}): an empty path; name a folder")
     raw, out = Path(raw), Path(out)
     if dtype not in DTYPES or abnormal not in ABNORMAL or on_error not in ("stop", "skip"):
         raise ValueError(f"dtype in {DTYPES}, abnormal in {ABNORMAL}, on_error in ('stop', 'skip'); "
                          f"got {dtype!r}, {abnormal!r}, {on_error!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise PrepareError(f"seed must be a non-negative integer, got {seed!r}")  # numpy says so only at the end
+    check_input(raw, "--raw")
+    check_input(Path(annotations), "--annotations")
+    try:  # an unwritable, mounted or looping --out is said now, not after every volume is read
+        prepare_output(out)
+    except OSError as e:
+        raise PrepareError(str(e)) from None
     if problem := output_folder_problem(out, overwrite, [raw, annotations], outputs=OUTPUTS):
         raise PrepareError(problem)
-    if seed < 0:  # numpy's generator refuses it, but only after every volume is read
-        raise PrepareError(f"seed must be a non-negative integer, got {seed}")
     notes = read_annotations(Path(annotations), abnormal)
-    files = raw_volumes(raw)
+    files, unreadable = raw_volumes(raw)
+    if unreadable and on_error == "stop":  # nothing is left out unsaid
+        (entry, why), more = next(iter(unreadable.items())), len(unreadable) - 1
+        raise PrepareError(f"{raw / entry}: {why}{f' (and {more} more unreadable entries)' if more else ''}; "
+                           f"make it readable, or pass --on-error skip to leave it out")
+    for entry, why in unreadable.items():
+        tqdm.write(f"skipping {raw / entry}: {why}", file=sys.stderr)
     reviewed = sorted(v for v in files if v in notes["reviewed"])
     not_reviewed = sorted(v for v in files if v not in notes["reviewed"])
 
     # Each volume's result is kept in <out>.partial as soon as it is made: nothing is lost if the
-    # run stops, and the next run with the same settings picks up from there.
+    # run stops, and the next run picks up from there if the fingerprint of what made them matches.
     partial = out.parent / f"{out.name}.partial"
     settings = {"format_version": FORMAT_VERSION, "dtype": dtype, "abnormal": abnormal,
                 "kspace_shape": KSPACE_SHAPE, "crop": CROP,
                 "annotations_sha256": sorted(s["sha256"] for s in notes["sources"].values())}
-    settings_file = partial / "settings.json"
-    if settings_file.exists() and json.loads(settings_file.read_text()) != json.loads(json.dumps(settings)):
-        raise PrepareError(f"{partial} holds volumes prepared with other settings or annotations; "
-                           f"delete it to start over")
+    made_by = fingerprint(raw, settings, reads=[glob.escape(p.relative_to(raw).as_posix()) for p in files.values()])
+    if restart:
+        shutil.rmtree(partial, ignore_errors=True)
+    elif any(partial.glob("volumes/*.npz")):  # a reuse: checked
+        stored = stored_fingerprint(partial)
+        differences = (fingerprint_differences(stored, made_by) if stored is not None
+                       else ["no fingerprint.json: left by an older version of this script"])
+        if differences:
+            raise PrepareError(f"{partial}: volumes prepared from other input or settings ({'; '.join(differences)}); "
+                               f"delete it or pass --restart to start afresh")
+
+    # room for the output and, until the end, each volume's copy in <out>.partial: said before the work
+    slices = {v: kspace_slices(files[v]) for v in reviewed}
+    todo = [v for v in reviewed if not (partial / "volumes" / f"{v}.npz").exists()]
+    per_slice = 2 * np.dtype(dtype).itemsize * CROP[0] * CROP[1]  # magnitude and phase
+    need = sum(slices[v] for v in todo) * per_slice + sum(slices.values()) * (per_slice + len(LABELS) + 100)
+    try:
+        check_free_space(out.parent, need, f"{sum(slices.values()):,} slices of {dtype} magnitude and phase "
+                                           f"(the output, and its per-volume copies in {partial.name})")
+    except OSError as e:
+        raise PrepareError(str(e)) from None
     (partial / "volumes").mkdir(parents=True, exist_ok=True)
-    settings_file.write_text(json.dumps(settings))
+    write_json_atomic(made_by, partial / "fingerprint.json")
 
     skipped: dict[str, str] = {}
     bar = tqdm(reviewed, desc="volumes", unit="volume", disable=not progress)
@@ -336,10 +422,14 @@ def prepare(raw: str | Path, annotations: str | Path, out: str | Path, seed: int
             tqdm.write(f"skipping {e}", file=sys.stderr)
             continue
         labels = slice_labels(notes["slices"].get(name, {}), len(volume["magnitude"]))
-        with atomic_path(done) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, magnitude=volume["magnitude"], phase=volume["phase"], labels=labels,
-                         scale=np.float64(volume["scale"]), kspace_shape=np.array(volume["kspace_shape"]))
+        try:
+            with atomic_path(done) as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, magnitude=volume["magnitude"], phase=volume["phase"], labels=labels,
+                             scale=np.float64(volume["scale"]), kspace_shape=np.array(volume["kspace_shape"]))
+        except OSError as e:  # a disk filled by someone else meanwhile: one line, the volumes done kept
+            raise PrepareError(f"{done}: cannot be written ({e.strerror or e}); the volumes prepared are kept "
+                               f"in {partial}: free some space and run again to continue") from None
 
     prepared = sorted(p.stem for p in (partial / "volumes").glob("*.npz") if p.stem in reviewed)
     split_of = assign_splits(prepared, seed)
@@ -363,6 +453,7 @@ def prepare(raw: str | Path, annotations: str | Path, out: str | Path, seed: int
         "split_seed": seed, "split_fractions": dict(SPLITS),
         "volumes_not_reviewed_excluded": not_reviewed,
         "volumes_skipped": skipped,
+        "raw_entries_skipped_unreadable": unreadable,
     })
     with atomic_path(out) as tmp:
         (partial / "output").replace(tmp)
@@ -377,6 +468,16 @@ def write_output(partial: Path, volumes: list[str], split_of: dict[str, str], no
     target = partial / "output"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir()
+    try:
+        return _write_output(target, partial, volumes, split_of, notes, progress)
+    except OSError as e:  # a full disk: one line naming the file, the half-written output removed, the volumes kept
+        shutil.rmtree(target, ignore_errors=True)
+        raise PrepareError(f"{e.filename or target}: cannot be written ({e.strerror or e}); the volumes prepared "
+                           f"are kept in {partial}: free some space and run again to continue") from None
+
+
+def _write_output(target: Path, partial: Path, volumes: list[str], split_of: dict[str, str], notes: dict,
+                  progress: bool) -> dict:
     lengths, dtype = {}, None
     for v in volumes:  # one file open at a time: there may be thousands
         with np.load(partial / "volumes" / f"{v}.npz") as volume:
@@ -389,8 +490,7 @@ def write_output(partial: Path, volumes: list[str], split_of: dict[str, str], no
         n = sum(lengths[v] for v in members)
         shape = (n, *CROP)
         (target / split).mkdir()
-        arrays = {m: open_memmap(target / split / f"{m}.npy", mode="w+", dtype=dtype, shape=shape)
-                  for m in ("magnitude", "phase")}
+        arrays = {m: allocated_memmap(target / split / f"{m}.npy", dtype, shape) for m in ("magnitude", "phase")}
         labels = np.zeros((n, len(LABELS)), dtype=np.uint8)
         start = 0
         for v in tqdm(members, desc=f"writing {split}", unit="volume", disable=not progress, leave=False):
@@ -430,31 +530,35 @@ def write_output(partial: Path, volumes: list[str], split_of: dict[str, str], no
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--raw", required=True, type=Path,
-                        help="folder of fastMRI knee single-coil .h5 files (any depth)")
-    parser.add_argument("--annotations", required=True, type=Path,
-                        help="fastMRI+ folder with knee.csv and knee_file_list.csv")
-    parser.add_argument("--out", required=True, type=Path, help="folder to write the prepared benchmark to")
+    # paths kept as given: Path("") would silently be the working folder
+    parser.add_argument("--raw", required=True, help="folder of fastMRI knee single-coil .h5 files (any depth)")
+    parser.add_argument("--annotations", required=True, help="fastMRI+ folder with knee.csv and knee_file_list.csv")
+    parser.add_argument("--out", required=True, help="folder to write the prepared benchmark to")
     parser.add_argument("--seed", type=int, default=0, help="seed of the volume-level split (default 0)")
     parser.add_argument("--dtype", choices=DTYPES, default="float16", help="storage of magnitude and phase")
     parser.add_argument("--abnormal", choices=ABNORMAL, default="other",
                         help="'other' (published): a finding other than meniscus tear, ACL, cartilage; "
                              "'any': any finding")
     parser.add_argument("--on-error", choices=("stop", "skip"), default="stop",
-                        help="a corrupt or unexpected file stops the run (default; volumes done are kept) "
-                             "or is left out")
+                        help="a corrupt or unexpected file, or an unreadable entry under --raw, stops the run "
+                             "(default; volumes done are kept) or is left out and listed")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--restart", action="store_true",
+                        help="discard the volumes an interrupted run left in <out>.partial instead of continuing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     try:
         meta = prepare(args.raw, args.annotations, args.out, seed=args.seed, dtype=args.dtype, abnormal=args.abnormal,
-                       on_error=args.on_error, overwrite=args.overwrite, progress=not args.no_progress)
-    except PrepareError as e:
+                       on_error=args.on_error, overwrite=args.overwrite, restart=args.restart,
+                       progress=not args.no_progress)
+    except (PrepareError, OSError) as e:  # bad input, or a disk that is full or cannot be written
         print(f"error: {e}", file=sys.stderr)
         return 2
     c = meta["counts"]
+    skipped = [f"{v}.h5" for v in meta["volumes_skipped"]] + list(meta["raw_entries_skipped_unreadable"])
     left_out = (f"; {len(meta['volumes_not_reviewed_excluded'])} volume(s) not reviewed by fastMRI+ excluded"
-                + (f"; {len(meta['volumes_skipped'])} skipped (see metadata.json)" if meta["volumes_skipped"] else ""))
+                + (f"; skipped (--on-error skip, reasons in metadata.json): {', '.join(skipped[:10])}"
+                   f"{f' and {len(skipped) - 10} more' if len(skipped) > 10 else ''}" if skipped else ""))
     if meta["annotated_slices_beyond_volume"]:
         print(f"warning: annotations name slices past the end of {len(meta['annotated_slices_beyond_volume'])} "
               f"volume(s) (listed in metadata.json): are these the files fastMRI+ annotated?", file=sys.stderr)

@@ -87,7 +87,7 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from i2m2kit.io import atomic_path, output_folder_problem
+from i2m2kit.io import PrepareError, atomic_folder, check_free_space, output_folder_problem, prepare_output
 
 FORMAT_VERSION = 1
 OUTPUTS = ("metadata.json", "mimic.npz")  # all --overwrite may replace
@@ -216,10 +216,6 @@ INGREDIENTS = ("gcs_verbal", "gcs_motor", "gcs_eyes", "fio2_charted", "pao2", "f
 CODES = {name: code for code, name in enumerate(SERIES + INGREDIENTS)}  # event kind -> small int
 
 
-class PrepareError(Exception):
-    """Invalid raw input: the message names the table and column."""
-
-
 # ---------------------------------------------------------------------- reading tables
 
 
@@ -243,9 +239,13 @@ class Table:
         if self.path is None:
             raise PrepareError(f"table {name} not found in {raw} (looked for {name}.csv.gz or {name}.csv)")
         with self._open() as (f, _):
-            header = next(csv.reader(f), None)
+            reader = csv.reader(f)
+            header = next(reader, None)
+            has_rows = any(reader)  # stops at the first data row (blank lines are empty lists)
         if header is None:
             raise PrepareError(f"{self.path.name}: table {name} is empty (no header)")
+        if not has_rows:  # its every value would be imputed, or its every admission left out, unsaid
+            raise PrepareError(f"{self.path.name}: table {name} holds its header but no rows")
         self.header = [h.strip().lower() for h in header]
         missing = [c for c in required if c not in self.header]
         if missing:
@@ -257,13 +257,14 @@ class Table:
     @contextlib.contextmanager
     def _open(self) -> Iterator[tuple[io.TextIOWrapper, BinaryIO]]:
         """The table as text, and the file underneath (its position drives the progress bar)."""
-        with open(self.path, "rb") as raw:
-            stream = gzip.open(raw) if self.path.name.endswith(".gz") else raw
-            with io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline="") as text:
-                try:
+        try:
+            with open(self.path, "rb") as raw:
+                stream = gzip.open(raw) if self.path.name.endswith(".gz") else raw
+                with io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline="") as text:
                     yield text, raw
-                except (OSError, EOFError, zlib.error) as e:  # not gzip, or cut short
-                    raise PrepareError(f"{self.path.name}: cannot read table {self.name} ({e})") from None
+        except (OSError, EOFError, zlib.error, csv.Error) as e:  # unreadable, not gzip, cut short, garbage
+            raise PrepareError(f"{self.path.name}: cannot read table {self.name} "
+                               f"({getattr(e, 'strerror', None) or e})") from None
 
     def rows(self, progress: bool = False) -> Iterator[tuple[int, list[str]]]:
         """(line number, fields) for every data row; a progress bar over the file's bytes."""
@@ -361,9 +362,7 @@ OPTIONAL = {"CHARTEVENTS": ("error",), "OUTPUTEVENTS": ("iserror",)}  # rows fla
 
 
 def open_tables(raw: Path) -> dict[str, Table]:
-    """Every table this script reads, headers checked before the long reads start."""
-    if not raw.is_dir():
-        raise PrepareError(f"{raw}: raw MIMIC-III folder not found")
+    """Every table this script reads, headers (and that rows follow) checked before the long reads start."""
     return {name: Table(raw, name, columns, OPTIONAL.get(name, ())) for name, columns in TABLES.items()}
 
 
@@ -702,10 +701,17 @@ def icd9_labels(cohort: list[Admission]) -> np.ndarray:
 def prepare(raw: str | Path, out: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
     """Read the tables in ``raw``, write ``mimic.npz`` and ``metadata.json`` to ``out``; return the metadata."""
     raw, out = Path(raw), Path(out)
+    prepare_output(out)  # now, not after the work: unwritable, a mount point, a loop; killed runs' leftovers gone
+    if not raw.is_dir():  # before the output check resolves it (a looping link would fail there)
+        raise PrepareError(f"{raw}: raw MIMIC-III folder not found (or not a folder)")
     if problem := output_folder_problem(out, overwrite, [raw], outputs=OUTPUTS):
         raise PrepareError(problem)
     tables = open_tables(raw)
     candidates, counts = read_cohort(tables, progress)
+    # before the long read of the event tables: the cohort can only shrink, and the arrays'
+    # uncompressed size bounds mimic.npz
+    per_stay = 4 * len(STATIC) + 5 * HOURS * len(SERIES) + 8 * (len(LABELS) + len(ICD9_GROUPS) + 3)
+    check_free_space(out, len(candidates) * per_stay + 2 ** 20, "the prepared MIMIC-III data")
     events, span, dropped = read_events(tables, candidates, progress)
     keep = np.flatnonzero(span > HOURS)
     cohort = [candidates[i] for i in keep]
@@ -718,6 +724,10 @@ def prepare(raw: str | Path, out: str | Path, overwrite: bool = False, progress:
     coverage = {v: {"hours_measured": float(measured[:, :, j].mean()),
                     "stays_not_measured_in_24h": int((~measured[:, :, j].any(1)).sum())}
                 for j, v in enumerate(SERIES)}
+    # imputed wholesale, said in metadata.json (and by main): a variable no stay measured,
+    # a stay with no measurement at all in its 24 hours
+    never = [v for v in SERIES if coverage[v]["stays_not_measured_in_24h"] == len(cohort)]
+    unmeasured = [int(cohort[i].hadm_id) for i in np.flatnonzero(~measured.any((1, 2)))]
     static, shifted = static_features(cohort)
     labels = mortality_labels(cohort)
     icd9 = icd9_labels(cohort)
@@ -738,6 +748,7 @@ def prepare(raw: str | Path, out: str | Path, overwrite: bool = False, progress:
         "static_features": list(STATIC),
         "admission_types": ADMISSION_TYPES,
         "series": [{"name": v, "unit": UNITS[v], "normal_value": NORMAL[v], **coverage[v]} for v in SERIES],
+        "imputed_throughout": {"variables_measured_in_no_stay": never, "stays_measured_in_no_variable": unmeasured},
         "items": [{"table": i.table, "itemid": i.itemid, "label": i.label, "measures": i.measures,
                    "valid": [i.low, i.high], "conversion": i.convert} for i in ITEMS],
         "values_out_of_range_dropped": dropped,
@@ -752,8 +763,7 @@ def prepare(raw: str | Path, out: str | Path, overwrite: bool = False, progress:
         "prevalence": {**{f"mortality/{n}": float(labels[:, j].mean()) for j, n in enumerate(LABELS)},
                        **{f"icd9/{g}": float(icd9[:, j].mean()) for j, g in enumerate(ICD9_GROUPS)}},
     }
-    with atomic_path(out) as tmp:
-        tmp.mkdir()
+    with atomic_folder(out) as tmp:  # a full disk meanwhile: one line, nothing left
         np.savez_compressed(tmp / "mimic.npz", **arrays)
         (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2, default=float))
     return metadata
@@ -769,9 +779,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         meta = prepare(args.raw, args.out, overwrite=args.overwrite, progress=not args.no_progress)
-    except PrepareError as e:
+    except (PrepareError, OSError) as e:  # OSError: --out unwritable or out of room (its message names it)
         print(f"error: {e}", file=sys.stderr)
         return 2
+    imputed = meta["imputed_throughout"]
+    if imputed["variables_measured_in_no_stay"]:
+        print(f"warning: no stay has a measurement of {', '.join(imputed['variables_measured_in_no_stay'])} "
+              f"in its first {HOURS} hours: imputed with the normal value throughout", file=sys.stderr)
+    if imputed["stays_measured_in_no_variable"]:
+        print(f"warning: {len(imputed['stays_measured_in_no_variable'])} stay(s) have no measurement in their "
+              f"first {HOURS} hours: their series are imputed throughout (HADM_IDs in metadata.json)", file=sys.stderr)
     c, p = meta["cohort"], meta["prevalence"]
     print(f"wrote {args.out}: {c['measurements_spanning_more_than_24h']} admissions (one ICU stay each) of "
           f"{c['admissions']}; in-hospital mortality {p['mortality/in_hospital']:.3f}, "

@@ -72,7 +72,8 @@ from typing import Iterator, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from i2m2kit.io import atomic_path, output_folder_problem
+from i2m2kit.io import (PrepareError, allocated_memmap, atomic_folder, check_free_space,
+                        output_folder_problem, prepare_output)
 
 FORMAT_VERSION = 1
 OUTPUTS = ("metadata.json", "*.jsonl", "*_images.npy")  # all --overwrite may replace
@@ -94,10 +95,6 @@ DATASETS = ("auto", "nlvr", "nlvr2")
 NLVR2_SPLITS = {"train": "train.json", "valid": "dev.json", "test": "test1.json"}
 NLVR2_IMAGE_FOLDERS = {"train": "train", "valid": "dev", "test": "test1"}  # under the images folder
 SIDES = ("img0", "img1")  # left, right
-
-
-class PrepareError(Exception):
-    """Invalid input: the message names the file, the line and the field."""
 
 
 # ---------------------------------------------------------------------- the renderer
@@ -201,7 +198,11 @@ def checked_lines(path: Path, fields: Sequence[str], published: tuple[str, str])
     its ``fields``, non-empty sentence and label (``published``: how the file spells false
     and true; any case is accepted) checked."""
     seen: dict[str, int] = {}  # identifier -> line: a repeated one means files run together
-    with open(path, "rb") as f:  # bytes, decoded line by line: a non-UTF-8 line is named
+    try:
+        f = open(path, "rb")  # bytes, decoded line by line: a non-UTF-8 line is named
+    except OSError as e:
+        raise PrepareError(f"{path}: cannot read it ({e.strerror or e})") from None
+    with f:
         for number, data in enumerate(f, start=1):
             where = f"{path.name} line {number}"
             try:
@@ -290,26 +291,38 @@ def prepare(raw: str | Path, out: str | Path, downsample_factor: int = 2, check_
     v1 only: ``downsample_factor``, ``check_images``; NLVR2 only: ``images``, ``image_size``,
     ``skip_missing``."""
     raw, out = Path(raw), Path(out)
+    # every setting first, whichever data set it concerns
     if dataset not in DATASETS:
         raise PrepareError(f"dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
-    if dataset == "nlvr2" or (dataset == "auto" and detect_dataset(raw) == "nlvr2"):
-        return prepare_nlvr2(raw, out, images, image_size, skip_missing, overwrite, progress)
     if downsample_factor not in DOWNSAMPLES:
         raise PrepareError(f"downsample must be one of {DOWNSAMPLES} (box edges on whole pixels), got {downsample_factor}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or not 4 <= image_size <= 1024:
+        raise PrepareError(f"image size must be an integer in [4, 1024], got {image_size!r}")
+    prepare_output(out)  # now, not after the work: unwritable, a mount point, a loop; killed runs' leftovers gone
+    if not raw.is_dir():  # before the output check resolves it (a looping link would fail there)
+        raise PrepareError(f"{raw}: no such folder")
+    if dataset == "nlvr2" or (dataset == "auto" and detect_dataset(raw) == "nlvr2"):
+        return prepare_nlvr2(raw, out, images, image_size, skip_missing, overwrite, progress)
     if problem := output_folder_problem(out, overwrite, [raw], outputs=OUTPUTS):
         raise PrepareError(problem)
-    if not raw.is_dir():
-        raise PrepareError(f"{raw}: no such folder")
     files = {split: split_file(raw, split) for split in SPLITS}
     archive = raw / "images-dev-test.tar"
     published = PublishedImages(archive) if check_images and archive.is_file() else None
 
-    splits, images, checks = {}, {}, {}
+    splits = {}  # every line of every split checked before any picture is drawn
     for split, source in files.items():
-        examples = list(read_examples(source))
-        if not examples:
+        splits[split] = list(read_examples(source))
+        if not splits[split]:
             raise PrepareError(f"{source.name}: no examples")
-        pictures = np.empty((len(examples), HEIGHT // downsample_factor, WIDTH // downsample_factor, 3), np.uint8)
+    height, width = HEIGHT // downsample_factor, WIDTH // downsample_factor
+    # before the work: the pictures, the .jsonl files (smaller than their .json) and metadata.json
+    need = sum(map(len, splits.values())) * height * width * 3 + sum(f.stat().st_size for f in files.values())
+    check_free_space(out, need + 2 ** 20, "the prepared NLVR data")
+
+    images, checks = {}, {}
+    for split, source in files.items():
+        examples = splits[split]
+        pictures = np.empty((len(examples), height, width, 3), np.uint8)
         equal = close = total = 0
         for i, example in enumerate(tqdm(examples, desc=f"{split} ({source.name})", disable=not progress)):
             picture = render(example["world"])
@@ -320,7 +333,7 @@ def prepare(raw: str | Path, out: str | Path, downsample_factor: int = 2, check_
         if total:
             checks[split] = {"published": IMAGE_SPLITS[split], "examples": len(examples),
                              "pixels_equal": equal / total, f"pixels_within_{TOLERANCE}": close / total}
-        splits[split], images[split] = examples, pictures
+        images[split] = pictures
 
     metadata = {
         "format_version": FORMAT_VERSION,
@@ -341,8 +354,7 @@ def prepare(raw: str | Path, out: str | Path, downsample_factor: int = 2, check_
                      "agreement_with_published": checks or None},
         "splits": {"valid": "dev.json (model selection)", "test": "test.json (reported)"},
     }
-    with atomic_path(out) as tmp:
-        tmp.mkdir()
+    with atomic_folder(out) as tmp:  # a full disk meanwhile: one line, nothing left
         for split, examples in splits.items():
             with open(tmp / f"{split}.jsonl", "w", encoding="utf-8") as f:
                 for x in examples:
@@ -361,11 +373,10 @@ def detect_dataset(raw: Path) -> str:
     dev = Path(raw) / "dev.json"
     if not dev.is_file():
         return "nlvr"
-    with open(dev, encoding="utf-8", errors="replace") as f:  # only a guess: the checks name bad bytes
-        first = next((line for line in f if line.strip()), "")
     try:
-        example = json.loads(first)
-    except json.JSONDecodeError:
+        with open(dev, encoding="utf-8", errors="replace") as f:  # only a guess: the checks name bad bytes
+            example = json.loads(next((line for line in f if line.strip()), ""))
+    except (OSError, json.JSONDecodeError):  # the reader of NLVR (v1) names what is wrong
         return "nlvr"
     return "nlvr2" if isinstance(example, dict) and "left_url" in example and "structured_rep" not in example else "nlvr"
 
@@ -420,23 +431,20 @@ def read_photo(path: Path, size: int) -> np.ndarray:
 def prepare_nlvr2(raw: Path, out: Path, images: str | Path | None = None, image_size: int = 64,
                   skip_missing: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
     """NLVR2: the JSON files of ``raw`` and the photographs under ``images`` (default
-    ``raw/images``) -> the prepared folder ``out`` (image pairs (N, 2, S, S, 3)); its metadata."""
+    ``raw/images``) -> the prepared folder ``out`` (image pairs (N, 2, S, S, 3)); its metadata.
+    Called by ``prepare``, which has checked the settings, ``out``'s location and ``raw``."""
     raw, out = Path(raw), Path(out)
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or not 4 <= image_size <= 1024:
-        raise PrepareError(f"image size must be an integer in [4, 1024], got {image_size!r}")
     images = Path(images) if images is not None else raw / "images"
-    if problem := output_folder_problem(out, overwrite, [raw, images], outputs=OUTPUTS):
-        raise PrepareError(problem)
-    if not raw.is_dir():
-        raise PrepareError(f"{raw}: no such folder")
     files = {}
     for split, name in NLVR2_SPLITS.items():
         if not (raw / name).is_file():
             raise PrepareError(f"{raw}: no {name} (the NLVR2 {split} split)")
         files[split] = raw / name
-    if not images.is_dir():
+    if not images.is_dir():  # before the output check resolves it (a looping link would fail there)
         raise PrepareError(f"{images}: no such folder (the NLVR2 photographs: images/train/<directory>/"
                            f"<pair>-img0.png, images/dev/..., images/test1/...)")
+    if problem := output_folder_problem(out, overwrite, [raw, images], outputs=OUTPUTS):
+        raise PrepareError(problem)
     splits = {}
     for split, source in files.items():  # every line checked before any picture is read
         splits[split] = read_nlvr2_examples(source)
@@ -459,12 +467,35 @@ def prepare_nlvr2(raw: Path, out: Path, images: str | Path | None = None, image_
         if not kept:
             raise PrepareError(f"{files[split].name}: none of its {len(examples)} examples has both images under {images}")
         splits[split] = kept
+    # before the work: the pictures, the .jsonl files (smaller than their .json) and metadata.json
+    need = sum(map(len, splits.values())) * 2 * image_size ** 2 * 3 + sum(f.stat().st_size for f in files.values())
+    check_free_space(out, need + 2 ** 20, "the prepared NLVR2 data")
 
-    with atomic_path(out) as tmp:
-        tmp.mkdir()
+    labels = {s: [x["label"] for x in e] for s, e in splits.items()}
+    metadata = {
+        "format_version": FORMAT_VERSION,
+        "dataset": "nlvr2",
+        "source": {split: {"file": f.name, "bytes": f.stat().st_size} for split, f in files.items()},
+        "images_folder": str(images),
+        "partial_train": False,
+        "counts": {s: len(e) for s, e in splits.items()},
+        "skipped_missing_images": skipped,
+        "true_fraction": {s: float(np.mean(y)) for s, y in labels.items()},
+        "majority_baseline": {s: float(max(np.mean(y), 1 - np.mean(y))) for s, y in labels.items()},
+        "distinct_sentences": {s: len({x["sentence"] for x in e}) for s, e in splits.items()},
+        "distinct_pairs": {s: len({x["pair"] for x in e}) for s, e in splits.items()},
+        "labels": {"0": "false", "1": "true"},
+        "image": {"size": image_size, "height": image_size, "width": image_size, "pair": True,
+                  "sides": ["left (img0)", "right (img1)"],
+                  "channels": "RGB, uint8, (N, 2, S, S, 3): left, right",
+                  "resize": "the whole photograph to a square, bilinear"},
+        "renderer": None,
+        "splits": {"valid": "dev.json (model selection)", "test": "test1.json (reported)"},
+    }
+
+    with atomic_folder(out) as tmp:  # a full disk meanwhile: one line, nothing left
         for split, examples in splits.items():
-            pictures = np.lib.format.open_memmap(tmp / f"{split}_images.npy", mode="w+", dtype=np.uint8,
-                                                 shape=(len(examples), 2, image_size, image_size, 3))
+            pictures = allocated_memmap(tmp / f"{split}_images.npy", np.uint8, (len(examples), 2, image_size, image_size, 3))
             first: dict[str, int] = {}  # a pair is read once, however many sentences describe it
             for i, x in enumerate(tqdm(examples, desc=f"{split} ({files[split].name})", disable=not progress)):
                 if x["pair"] in first:
@@ -478,27 +509,6 @@ def prepare_nlvr2(raw: Path, out: Path, images: str | Path | None = None, image_
             with open(tmp / f"{split}.jsonl", "w", encoding="utf-8") as f:
                 for x in examples:
                     f.write(json.dumps({k: x[k] for k in ("identifier", "sentence", "label", "directory")}) + "\n")
-        labels = {s: [x["label"] for x in e] for s, e in splits.items()}
-        metadata = {
-            "format_version": FORMAT_VERSION,
-            "dataset": "nlvr2",
-            "source": {split: {"file": f.name, "bytes": f.stat().st_size} for split, f in files.items()},
-            "images_folder": str(images),
-            "partial_train": False,
-            "counts": {s: len(e) for s, e in splits.items()},
-            "skipped_missing_images": skipped,
-            "true_fraction": {s: float(np.mean(y)) for s, y in labels.items()},
-            "majority_baseline": {s: float(max(np.mean(y), 1 - np.mean(y))) for s, y in labels.items()},
-            "distinct_sentences": {s: len({x["sentence"] for x in e}) for s, e in splits.items()},
-            "distinct_pairs": {s: len({x["pair"] for x in e}) for s, e in splits.items()},
-            "labels": {"0": "false", "1": "true"},
-            "image": {"size": image_size, "height": image_size, "width": image_size, "pair": True,
-                      "sides": ["left (img0)", "right (img1)"],
-                      "channels": "RGB, uint8, (N, 2, S, S, 3): left, right",
-                      "resize": "the whole photograph to a square, bilinear"},
-            "renderer": None,
-            "splits": {"valid": "dev.json (model selection)", "test": "test1.json (reported)"},
-        }
         (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2))
     return metadata
 
@@ -528,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta = prepare(args.raw, args.out, args.downsample, check_images=not args.no_image_check,
                        overwrite=args.overwrite, progress=not args.no_progress, dataset=args.dataset,
                        images=args.images, image_size=args.image_size, skip_missing=args.skip_missing)
-    except PrepareError as e:
+    except (PrepareError, OSError) as e:  # OSError: --out unwritable or out of room (its message names it)
         print(f"error: {e}", file=sys.stderr)
         return 2
     counts = ", ".join(f"{s} {n}" for s, n in meta["counts"].items())

@@ -67,7 +67,8 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from i2m2kit.io import PrepareError, atomic_path, fetch, output_folder_problem, sha256
+from i2m2kit.io import (PrepareError, atomic_folder, check_free_space, fetch, output_folder_problem,
+                        prepare_output, sha256)
 
 FORMAT_VERSION = 1
 OUTPUTS = ("metadata.json", "set-?.npz")  # all --overwrite may replace
@@ -225,8 +226,14 @@ def record_files(raw: Path, set_name: str) -> tuple[list[tuple[str, bytes]], str
     they were read from."""
     folder, archive = raw / f"set-{set_name}", raw / f"set-{set_name}.tar.gz"
     if folder.is_dir():
-        files = sorted(p for p in folder.iterdir() if p.suffix == ".txt" and p.is_file() and not p.name.startswith("."))
-        return [(str(p), p.read_bytes()) for p in files], str(folder)
+        files, path = [], folder
+        try:  # an unreadable folder (listed first) or record is named
+            names = sorted(p for p in folder.iterdir() if p.suffix == ".txt" and p.is_file() and not p.name.startswith("."))
+            for path in names:
+                files.append((str(path), path.read_bytes()))
+        except OSError as e:
+            raise PrepareError(f"{path}: cannot read it ({e.strerror or e})") from None
+        return files, str(folder)
     if not archive.is_file():
         raise PrepareError(f"{folder}: neither this folder nor {archive.name} is there")
     try:  # the whole archive is read first: a truncated one fails before any record is parsed
@@ -242,7 +249,10 @@ def read_outcomes(file: Path) -> dict[int, tuple[int, tuple[int, ...]]]:
     """RecordID -> (line number, OUTCOMES) of an outcomes file."""
     if not file.is_file():
         raise PrepareError(f"{file}: not found (the outcomes of the set's records)")
-    lines = [line.rstrip("\r") for line in file.read_text(errors="replace").split("\n")]
+    try:
+        lines = [line.rstrip("\r") for line in file.read_text(errors="replace").split("\n")]
+    except OSError as e:
+        raise PrepareError(f"{file}: cannot read it ({e.strerror or e})") from None
     expected = ",".join(("RecordID", *OUTCOMES))
     if not lines or lines[0].strip() != expected:
         raise PrepareError(f"{file}:1: expected the header {expected!r}")
@@ -340,9 +350,9 @@ def download(raw: Path, sets: Sequence[str], mirror: str | None = None, progress
 # ---------------------------------------------------------------------- the whole recipe
 
 
-def prepare_set(raw: Path, set_name: str, progress: bool = True) -> tuple[dict[str, np.ndarray], dict]:
-    """The arrays and the metadata entry of one set."""
-    files, source = record_files(raw, set_name)
+def prepare_set(raw: Path, set_name: str, files: list[tuple[str, bytes]], source: str,
+                progress: bool = True) -> tuple[dict[str, np.ndarray], dict]:
+    """The arrays and the metadata entry of one set, from its ``record_files``."""
     counts = {v: {"kept": 0, "not_measured": 0, "implausible": 0}
               for v in (*VARIABLES, *(f"descriptor:{d}" for d in DESCRIPTORS[1:]))}
     records: dict[int, tuple[str, Record]] = {}
@@ -376,11 +386,15 @@ def prepare_set(raw: Path, set_name: str, progress: bool = True) -> tuple[dict[s
     outcomes_sha = sha256(outcomes_file.read_bytes())
     published = PUBLISHED.get(set_name)
     deaths = int(arrays["outcomes"][:, OUTCOMES.index("In-hospital_death")].sum())
+    # imputed wholesale by the task loader, so said here (and by main): a variable or descriptor
+    # no record measured, a record without any series measurement (set A has three)
+    imputed = {"variables_measured_in_no_record": [v for v, c in counts.items() if c["kept"] == 0],
+               "records_without_series": [i for i in ids if not len(records[i][1].minutes)]}
     return arrays, {"source": source, "records": len(ids), "in_hospital_deaths": deaths,
                     "records_digest": digest, "outcomes_sha256": outcomes_sha,
                     "published": None if published is None else
                     published == {"records": digest, "outcomes": outcomes_sha},
-                    "measurements": counts}
+                    "measurements": counts, "imputed_throughout": imputed}
 
 
 def available_sets(raw: Path) -> list[str]:
@@ -395,18 +409,29 @@ def prepare(raw: str | os.PathLike, out: str | os.PathLike, sets: Sequence[str] 
     unknown = set(sets or ()) - set(SETS)
     if unknown:
         raise PrepareError(f"--sets: {sorted(unknown)} are not challenge sets (a, b, c)")
-    problem = output_folder_problem(out, overwrite, inputs=[raw, *(raw / f"set-{s}" for s in SETS)],
-                                    outputs=OUTPUTS)
-    if problem:
+    if sets is not None and not len(sets):  # an empty list is not "every set"
+        raise PrepareError("--sets: name at least one of a, b, c (or leave --sets out for every set in --raw)")
+    prepare_output(out)  # now, not after the work: unwritable, a mount point, a loop; killed runs' leftovers gone
+    # --raw is a folder, or nothing that --download is to create (checked before the output check
+    # resolves it: a looping link fails there)
+    if not raw.is_dir() and (raw.exists() or raw.is_symlink() or not download_missing):
+        raise PrepareError(f"{raw}: not a folder" + ("" if download_missing else
+                                                     " (pass --download to fetch the challenge files)"))
+    # the set folders there (only they hold records; --download fetches archives)
+    folders = [raw / f"set-{s}" for s in SETS if (raw / f"set-{s}").is_dir()]
+    if problem := output_folder_problem(out, overwrite, inputs=[raw, *folders], outputs=OUTPUTS):
         raise PrepareError(problem)
     if download_missing:
         download(raw, sets or SETS, mirror or os.environ.get(MIRROR_ENV), progress)
-    if not raw.is_dir():
-        raise PrepareError(f"{raw}: not a folder (pass --download to fetch the challenge files)")
-    sets = list(sets) if sets else available_sets(raw)
+    sets = list(dict.fromkeys(sets)) if sets else available_sets(raw)
     if not sets:
         raise PrepareError(f"{raw}: no set-a/b/c folder or .tar.gz archive (pass --download to fetch them)")
-    built = {s: prepare_set(raw, s, progress) for s in sets}
+    read = {s: record_files(raw, s) for s in sets}
+    # before the records are parsed: the arrays' uncompressed size bounds the .npz files
+    per_record = 9 * HOURS * len(VARIABLES) + 5 * len(STATIC) + 8 + 4 * len(OUTCOMES)
+    check_free_space(out, sum(len(files) for files, _ in read.values()) * per_record + 2 ** 20,
+                     "the prepared PhysioNet 2012 data")
+    built = {s: prepare_set(raw, s, *read[s], progress) for s in sets}
     seen: dict[int, str] = {}
     for s, (arrays, _) in built.items():
         for record_id in arrays["record_id"]:
@@ -423,8 +448,7 @@ def prepare(raw: str | os.PathLike, out: str | os.PathLike, sets: Sequence[str] 
         "binning": "hour h holds [h, h+1) h after ICU admission (48:00 joins hour 47); mean of the hour "
                    "(Urine: sum); delta: hours from the last measurement at or before hour h to its end",
     }
-    with atomic_path(out) as tmp:
-        tmp.mkdir()
+    with atomic_folder(out) as tmp:  # a full disk meanwhile: one line, nothing left
         for s, (arrays, _) in built.items():
             np.savez_compressed(tmp / f"set-{s}.npz", **arrays)
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=2))
@@ -446,10 +470,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         meta = prepare(args.raw, args.out, sets=args.sets, overwrite=args.overwrite, download_missing=args.download,
                        mirror=args.mirror, progress=not args.no_progress)
-    except PrepareError as e:
+    except (PrepareError, OSError) as e:  # OSError: --out unwritable or out of room (its message names it)
         print(f"error: {e}", file=sys.stderr)
         return 2
     for s, m in meta["sets"].items():
+        imputed = m["imputed_throughout"]
+        never, empty = imputed["variables_measured_in_no_record"], imputed["records_without_series"]
+        if never:
+            print(f"warning: set {s}: no record has a measurement of {', '.join(never)} (missing throughout)",
+                  file=sys.stderr)
+        if empty:
+            print(f"warning: set {s}: {len(empty)} record(s) have no time-series measurement "
+                  f"({', '.join(map(str, empty[:5]))}{' ...' if len(empty) > 5 else ''}), listed in metadata.json",
+                  file=sys.stderr)
         implausible = sum(c["implausible"] for c in m["measurements"].values())
         print(f"wrote {args.out / f'set-{s}.npz'}: {m['records']} ICU stays, {m['in_hospital_deaths']} in-hospital "
               f"deaths; {implausible} implausible values dropped" + (" (the published set)" if m["published"] else ""))

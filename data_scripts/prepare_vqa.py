@@ -56,7 +56,11 @@ split (quick runs; OOD questions beyond it are left out).
 
 Any malformed JSON, missing field, unknown answer, question without its annotation, or
 missing or unreadable image stops the run with one line naming the file, the entry and the
-field; nothing is written then.
+field; nothing is written then. So does, before any file is read, an ``--out`` that cannot be
+written (its folder unwritable, a mount point, a symbolic link loop) and, before any image is
+read, a disk without room for the output (its image arrays' size is known from the questions);
+the image arrays' blocks are allocated before they are filled, so that a disk filled meanwhile
+stops the run with one line naming the file (and no temporary folder left), not a bus error.
 
 Output (``--out``, a folder written atomically; an existing one only with ``--overwrite``):
   train.jsonl, valid.jsonl, test.jsonl  one question a line: question_id, question, image (row
@@ -90,7 +94,8 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from i2m2kit.io import atomic_path, output_folder_problem, package_folder
+from i2m2kit.io import (PrepareError, allocated_memmap, atomic_path, check_free_space, check_input,
+                        output_folder_problem, package_folder, prepare_output)
 
 FORMAT_VERSION = 1
 OUTPUTS = ("metadata.json", "*.jsonl", "*_images.npy")  # all --overwrite may replace
@@ -128,10 +133,6 @@ NUMBER_WORDS = {w: str(i) for i, w in enumerate(
     ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"))}
 ARTICLES = frozenset(("a", "an", "the"))
 PUNCTUATION = re.compile(r"(?!(?<=\d)[.,]\d)(?:[^\w\s]|_)")  # all but the . or , of 1.5, 1,000
-
-
-class PrepareError(Exception):
-    """Invalid input or parameter: the message names the file, the entry and the field."""
 
 
 # ---------------------------------------------------------------------- answers and scores
@@ -456,12 +457,15 @@ def prepare(raw: str | Path | None, out: str | Path, dataset: str = "auto", imag
     """Read the VQA data set in ``raw`` (default: the installed easy-VQA; pictures under ``images``,
     default ``raw``), write the prepared folder ``out``; return its metadata. ``vocab_from``
     None: "train" for VQA-VS (its own preprocessing), "train+val" for VQA v2."""
+    for option, value in (("raw", raw), ("images", images), ("out", out)):
+        if value is not None and not str(value).strip():  # Path("") would be the working folder
+            raise PrepareError(f"{option} (--{option}): an empty path; name a folder")
     out = Path(out)
     if dataset not in ("auto", *DATASETS):
         raise PrepareError(f"dataset (--dataset) must be one of auto, {', '.join(DATASETS)}, got {dataset!r}")
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
         raise PrepareError(f"image_size (--image-size) must be an integer of at least {MIN_IMAGE_SIZE}, got {image_size!r}")
-    if not isinstance(valid_fraction, (int, float)) or not 0 < valid_fraction < 1:
+    if not isinstance(valid_fraction, (int, float)) or not 0 < valid_fraction < 1:  # NaN too
         raise PrepareError(f"valid_fraction (--valid-fraction) must be in (0, 1), got {valid_fraction!r}")
     if isinstance(min_answer_count, bool) or not isinstance(min_answer_count, int) or min_answer_count < 1:
         raise PrepareError(f"min_answer_count (--min-answer-count) must be an integer of at least 1, "
@@ -475,11 +479,15 @@ def prepare(raw: str | Path | None, out: str | Path, dataset: str = "auto", imag
         if raw is None:
             raise PrepareError("no --raw folder given and the easy-vqa package is not installed (pip install easy-vqa)")
     raw = Path(raw)
-    if not raw.is_dir():
-        raise PrepareError(f"{raw}: no such folder")
     images = Path(images) if images is not None else raw
-    if not images.is_dir():
-        raise PrepareError(f"{images}: no such folder (--images)")
+    for folder, option in ((raw, "--raw"), (images, "--images")):
+        check_input(folder, option)  # a symbolic link loop: said as such, not as "no such folder"
+        if not folder.is_dir():
+            raise PrepareError(f"{folder}: {'not a folder' if folder.exists() else 'no such folder'} ({option})")
+    try:  # an unwritable, mounted or looping --out is said now, not after every file is read
+        prepare_output(out)
+    except OSError as e:
+        raise PrepareError(str(e)) from None
     if problem := output_folder_problem(out, overwrite, [raw, images], outputs=OUTPUTS):
         raise PrepareError(problem)
     if dataset == "auto":
@@ -562,25 +570,41 @@ def prepare(raw: str | Path | None, out: str | Path, dataset: str = "auto", imag
                               for s, qs in splits.items()},
     }
 
+    # room for the output, said before any image is read: the arrays' size is known, and a JSON line
+    # of a question takes well under 512 bytes
+    n_images, n_questions = sum(map(len, paths.values())), sum(map(len, splits.values()))
+    try:
+        check_free_space(out.parent, n_images * image_size ** 2 * 3 + 512 * n_questions,
+                         f"{n_images:,} images of {image_size} x {image_size} and {n_questions:,} questions")
+    except OSError as e:
+        raise PrepareError(str(e)) from None
+
     new_folders = [p for p in [out.parent, *out.parent.parents] if not p.exists()]
+    name = None  # the file being written, named if the disk fills
     try:
         with atomic_path(out) as tmp:
             tmp.mkdir()
             for split, questions in splits.items():
-                array = np.lib.format.open_memmap(tmp / f"{split}_images.npy", mode="w+", dtype=np.uint8,
-                                                  shape=(len(paths[split]), image_size, image_size, 3))
+                name = f"{split}_images.npy"
+                array = allocated_memmap(tmp / name, np.uint8, (len(paths[split]), image_size, image_size, 3))
                 for row, path in enumerate(tqdm(paths[split], desc=f"{split} images", disable=not progress)):
                     array[row] = load_image(images / path, image_size, path)
                 array.flush()
                 del array
-                with open(tmp / f"{split}.jsonl", "w", encoding="utf-8") as f:
+                name = f"{split}.jsonl"
+                with open(tmp / name, "w", encoding="utf-8") as f:
                     for q in questions:
                         f.write(json.dumps({
                             "question_id": q["question_id"], "question": q["question"], "image": q["image"],
                             "image_id": str(q["image_id"]), "question_type": q["question_type"],
                             "answer_type": q["answer_type"], "answer": q["answer"], "answers": q["answers"],
                             **({"ood": q["ood"]} if "ood" in q else {})}) + "\n")
-            (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2))
+            name = "metadata.json"
+            (tmp / name).write_text(json.dumps(metadata, indent=2))
+            name = None  # what fails now is the rename to --out
+    except OSError as e:  # a full disk while writing: one line, the temporary folder removed by atomic_path
+        _remove_new_folders(new_folders)
+        raise PrepareError(f"{out / name if name else out}: cannot be written ({e.strerror or e})") from None
     except BaseException:
         _remove_new_folders(new_folders)
         raise
@@ -590,11 +614,12 @@ def prepare(raw: str | Path | None, out: str | Path, dataset: str = "auto", imag
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--raw", type=Path, default=None,
+    # paths kept as given: Path("") would silently be the working folder
+    parser.add_argument("--raw", default=None,
                         help="folder of easy-VQA, VQA v2 or VQA-VS (default: the installed easy-vqa package's data)")
-    parser.add_argument("--images", type=Path, default=None,
+    parser.add_argument("--images", default=None,
                         help="folder of the pictures (VQA v2, VQA-VS: holding train2014/ and val2014/; default --raw)")
-    parser.add_argument("--out", required=True, type=Path, help="folder to write the prepared data to")
+    parser.add_argument("--out", required=True, help="folder to write the prepared data to")
     parser.add_argument("--dataset", choices=("auto", *DATASETS), default="auto",
                         help="which layout --raw holds (default: detected from its files)")
     parser.add_argument("--image-size", type=int, default=IMAGE_SIZE,
@@ -616,7 +641,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        valid_fraction=args.valid_fraction, min_answer_count=args.min_answer_count,
                        vocab_from=args.vocab_from, limit=args.limit, overwrite=args.overwrite,
                        progress=not args.no_progress, images=args.images)
-    except PrepareError as e:
+    except (PrepareError, OSError) as e:  # bad input, or a disk that is full or cannot be written
         print(f"error: {e}", file=sys.stderr)
         return 2
     counts = ", ".join(f"{s} {c['questions']:,} questions / {c['images']:,} images" for s, c in meta["counts"].items())

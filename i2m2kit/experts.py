@@ -32,13 +32,18 @@ logits: never log-probabilities for one and raw logits for another.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 HEADS = ("multiclass", "multilabel", "answers")
+
+
+class MissingModalityError(ValueError):
+    """Data that lack a modality an expert reads, where every expert must run (training and
+    validation: the expert would drop out and a smaller model be trained or scored)."""
 
 
 def unregistered_tensors(net: nn.Module):
@@ -170,8 +175,35 @@ class I2M2(nn.Module):
         if modalities is None:
             modalities = sorted({m for e in self.experts.values() for m in e.reads})
         self.modalities = tuple(modalities)
+        for name, expert in self.experts.items():  # an expert that can never run is a mistake, not a baseline
+            if not expert.reads:  # Expert refuses this; its reads were changed since
+                raise ValueError(f"expert {name!r} reads no modality: it has nothing to read")
+            unknown = [m for m in expert.reads if m not in self.modalities]
+            if backbone is None and unknown:  # without a backbone the experts read the inputs themselves
+                raise ValueError(f"expert {name!r} reads {', '.join(map(repr, unknown))}, not among the model's "
+                                 f"modalities {list(self.modalities)}: it has nothing to read and would never run")
 
-    def forward(self, inputs: Mapping[str, torch.Tensor]) -> Output:
+    def require_experts(self, available: Iterable[str], where: str) -> None:
+        """Refuse ``available`` modalities that leave an expert out, naming each such expert and
+        the modality it lacks (``where``: the data, for the message)."""
+        available = set(available)
+        lacking: dict[str, list[str]] = {}
+        for name, expert in self.experts.items():
+            for m in expert.reads:
+                if m not in available:
+                    lacking.setdefault(m, []).append(name)
+        if lacking:
+            said = "; ".join(f"modality {m!r}, which expert{'s' if len(names) > 1 else ''} "
+                             f"{', '.join(map(repr, names))} read{'' if len(names) > 1 else 's'}"
+                             for m, names in lacking.items())
+            raise MissingModalityError(
+                f"{where} lacks {said} (it holds {sorted(available)}): fit would leave "
+                f"{'them' if sum(map(len, lacking.values())) > 1 else 'it'} out; give every modality "
+                f"the experts read, or fit a subset of the experts (model.subset)")
+
+    def forward(self, inputs: Mapping[str, torch.Tensor], strict: bool = False) -> Output:
+        """The experts' logits and their sum. An expert whose modality is absent drops out
+        (a missing modality at test time), unless ``strict``: then that is an error naming it."""
         if not isinstance(inputs, Mapping):
             raise TypeError(f"the model takes a dict {{modality: tensor}}, got {type(inputs).__name__}")
         unknown = sorted(set(inputs) - set(self.modalities))
@@ -181,6 +213,8 @@ class I2M2(nn.Module):
                 f"this model reads {list(self.modalities)}"
             )
         features = self.backbone(inputs) if self.backbone is not None else inputs
+        if strict:  # training and validation: every expert runs, or the model is not the one asked for
+            self.require_experts(features, "the batch")
         # An expert whose modality is absent drops out: a missing modality at test time.
         present = {n: e for n, e in self.experts.items() if all(m in features for m in e.reads)}
         if not present:

@@ -36,8 +36,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     remove_leftovers(path)
     # the process id in the name tells a later run whether the writer is still alive
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-")) / path.name
+    existed = path.exists()
     try:
         yield tmp
+        if path.exists() and not existed:  # two runs into one place must not replace each other silently
+            raise FileExistsError(f"{path}: written by another run meanwhile; not replacing it")
         if path.is_dir() and tmp.is_dir():
             old = tmp.parent / f"{path.name}.old"
             os.replace(path, old)  # two renames: the new folder appears whole
@@ -79,8 +82,12 @@ def check_free_space(folder: str | os.PathLike, need: int, what: str) -> None:
         folder = folder.parent
     free = shutil.disk_usage(folder).free
     if free < need:
-        raise OSError(f"{folder}: {free / 2**20:,.0f} MiB free, but {what} needs about "
-                      f"{need / 2**20:,.0f} MiB; free some space or write elsewhere")
+        raise OSError(f"{folder}: {_size(free)} free, but {what} needs about {_size(need)}; "
+                      f"free some space or write elsewhere")
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**20:,.0f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:,.0f} KiB"
 
 
 def check_writable(folder: str | os.PathLike) -> None:
@@ -104,6 +111,51 @@ def check_writable(folder: str | os.PathLike) -> None:
             pass
     except OSError as e:
         raise OSError(f"{parent}: cannot write there ({e.strerror or e})") from None
+
+
+def prepare_output(out: str | os.PathLike) -> None:
+    """A data script's first step for ``--out``: refuse it now if it cannot be written (not
+    after the work), and remove what killed runs left beside it (before free space is measured)."""
+    check_writable(out)
+    remove_leftovers(out)
+
+
+@contextlib.contextmanager
+def atomic_folder(out: str | os.PathLike) -> Iterator[Path]:
+    """``atomic_path`` for an output folder: yields the (created) temporary folder; a write that
+    fails (a full disk, say) ends in one line naming ``out``, with nothing left behind."""
+    try:
+        with atomic_path(out) as tmp:
+            tmp.mkdir()
+            yield tmp
+    except FileExistsError:
+        raise
+    except OSError as e:
+        raise OSError(f"{out}: cannot write it ({e.strerror or e}); nothing was written") from None
+
+
+def allocated_memmap(file: str | os.PathLike, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """``open_memmap`` with the file's blocks allocated at once: on a full disk an OSError naming
+    the file, here, rather than SIGBUS (exit 135, no message) at the first page without room."""
+    array = np.lib.format.open_memmap(file, mode="w+", dtype=dtype, shape=shape)
+    if hasattr(os, "posix_fallocate"):  # not on macOS or Windows
+        with open(file, "r+b") as f:
+            try:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+            except OSError as e:
+                raise OSError(e.errno, e.strerror, str(file)) from None
+    return array
+
+
+def check_input(path: str | os.PathLike, option: str) -> None:
+    """An input path that exists but cannot be followed (a symbolic link loop, a folder above it
+    that may not be searched), said at once in one line naming the option, not later."""
+    try:
+        Path(path).stat()
+    except FileNotFoundError:
+        pass  # the reader says so, with what was expected there
+    except OSError as e:
+        raise PrepareError(f"{path}: cannot be read ({e.strerror}) ({option})") from None
 
 
 def fingerprint(raw: str | os.PathLike | None, settings: Any, reads: Iterable[str] = ("**/*",)) -> dict[str, Any]:
@@ -211,6 +263,11 @@ def output_folder_problem(out: str | os.PathLike, overwrite: bool, inputs: Itera
     the script writes; a folder holding anything else is never replaced, ``overwrite`` or not
     (it is not an earlier output of the script but someone's folder)."""
     out = Path(out)
+    for path in (out, *map(Path, inputs)):
+        try:
+            path.resolve()
+        except (RuntimeError, OSError) as e:  # a symlink loop (RuntimeError before Python 3.13)
+            return f"{path}: cannot be followed ({e})"
     if out.exists() and not out.is_dir():
         return f"{out}: is a file; --out names the output folder"
     for given in inputs:

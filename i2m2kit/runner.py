@@ -236,7 +236,7 @@ def recover_results(run_dir: str | os.PathLike) -> list[str]:
             said.append(f"removed {leftover.name}, left by a run that was killed")
         else:
             os.replace(leftover, Path(run_dir) / "metrics.json")
-            said.append(f"restored the metrics.json a killed run had set aside")
+            said.append("restored the metrics.json a killed run had set aside")
     for line in said:
         print(f"{run_dir}: {line}")
     return said
@@ -334,4 +334,7 @@ def prepare_data(benchmark: str, raw: str | os.PathLike | None, out: str | os.Pa
     meta["fingerprint"] = fingerprint(raw, settings, reads)  # after the build: a --download adds raw files
     write_json_atomic(meta, out / "metadata.json")
     print(done.stdout.strip())
+    for line in done.stderr.splitlines():  # what the script says it imputed or left out, shown where it is used
+        if line.startswith("warning:"):
+            print(line)
     return out

@@ -15,12 +15,15 @@ Regimes:
 A checkpoint (``state_dict``s, RNG state, history; written atomically) is saved after every
 epoch; ``resume=True`` continues from it to the same result as an uninterrupted run: the
 shuffling of each epoch is seeded from (seed, phase, epoch) and the RNG state that dropout
-draws from is restored.
+draws from is restored. Each checkpoint records a fingerprint of the run that made it (every
+parameter's name and shape, the phases, the schedule and optimizer settings, the package
+version): a checkpoint of another run is refused, not resumed into something else.
 """
 
 from __future__ import annotations
 
 import itertools
+import numbers
 import os
 import time
 from dataclasses import dataclass, field
@@ -32,14 +35,12 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 from tqdm.auto import tqdm
 
-from . import distributed
-from .experts import I2M2, log_probs
-from .io import atomic_path
+from . import checkpoints, distributed
+from .experts import I2M2, MissingModalityError, log_probs
 from .metrics import evaluate_probs
 
 REGIMES = ("joint", "pretrain_finetune", "finetune", "frozen_backbone")
 LOWER_IS_BETTER = ("loss", "nll", "ece")
-CHECKPOINT_FORMAT = 1
 
 
 class TensorData(Dataset):
@@ -109,6 +110,22 @@ def make_loader(data: Dataset | DataLoader, batch_size: int, shuffle: bool = Fal
     return DataLoader(data, batch_sampler=batches)
 
 
+def _modalities_of(data) -> set[str] | None:
+    """The modalities a data set gives, known before training (one example read), or None
+    where only its batches tell (a DataLoader, whose collate may change them; an iterable)."""
+    while isinstance(data, torch.utils.data.Subset):
+        data = data.dataset
+    if isinstance(data, TensorData):
+        return set(data.inputs)
+    if isinstance(data, DataLoader) or isinstance(data, torch.utils.data.IterableDataset):
+        return None
+    try:
+        inputs = data[0][0]
+    except (IndexError, KeyError, TypeError):
+        return None
+    return set(inputs) if isinstance(inputs, Mapping) else None
+
+
 def _local_part(data: Dataset) -> Dataset:
     """This rank's contiguous block of ``data`` for evaluation (all of it in one process)."""
     if not distributed.active():
@@ -146,11 +163,26 @@ class Predictions:
         return log_probs(self.logits.double(), self.head).exp()
 
 
+def _check_not_empty(data, name: str) -> None:
+    """An empty data set fails here, named, not as a division by zero or torch.cat's error."""
+    try:
+        n = len(data)  # a DataLoader's length is its number of batches
+    except TypeError:  # an iterable data set: its batches are counted as they come
+        return
+    if n == 0:
+        raise ValueError(f"{name} holds no examples"
+                         + (" (an empty DataLoader)" if isinstance(data, DataLoader) else " (an empty data set)"))
+
+
 @torch.no_grad()
 def predict(model: I2M2, data, batch_size: int = 512, device: str | torch.device = "auto",
-            amp: bool = True, progress: bool = False) -> Predictions:
+            amp: bool = True, progress: bool = False, *, name: str = "data", strict: bool = False) -> Predictions:
     """The model's logits for ``data`` (under torchrun: each rank predicts a block and every
-    rank gets the whole, in order; call it on every rank)."""
+    rank gets the whole, in order; call it on every rank).
+
+    ``name`` names the data in errors (an empty set); with ``strict`` every expert must run:
+    data lacking a modality an expert reads are refused instead of scoring a smaller model."""
+    _check_not_empty(data, name)
     device = distributed.device_for_rank(resolve_device(device))
     was_training = model.training
     model.to(device).eval()
@@ -159,12 +191,17 @@ def predict(model: I2M2, data, batch_size: int = 512, device: str | torch.device
     for inputs, target in tqdm(make_loader(local, batch_size, shard=False), desc="predict", leave=False,
                                disable=not progress or not distributed.is_main()):
         with _autocast(device, amp):
-            out = model(_to(inputs, device))
+            try:
+                out = model(_to(inputs, device), strict=strict)
+            except MissingModalityError as e:
+                raise MissingModalityError(f"{name} set: {e}") from None
         logits.append(out.logits.float().cpu())
-        for name, z in out.expert_logits.items():
-            experts.setdefault(name, []).append(z.float().cpu())
+        for expert, z in out.expert_logits.items():
+            experts.setdefault(expert, []).append(z.float().cpu())
         targets.append(target.cpu())
     model.train(was_training)
+    if not logits and not distributed.active():  # an iterable data set that gave nothing
+        raise ValueError(f"{name} holds no examples (its loader gave no batch)")
     pieces = (torch.cat(logits), {n: torch.cat(z) for n, z in experts.items()}, torch.cat(targets))
     if distributed.active() and not isinstance(data, DataLoader):
         parts = distributed.gather(pieces)
@@ -174,48 +211,15 @@ def predict(model: I2M2, data, batch_size: int = 512, device: str | torch.device
 
 
 def evaluate(model: I2M2, data, batch_size: int = 512, device: str | torch.device = "auto",
-             loss_weight: torch.Tensor | None = None, amp: bool = True) -> dict[str, float]:
-    """The loss and every metric that fits the model's head, from probabilities."""
-    p = predict(model, data, batch_size, device, amp)
+             loss_weight: torch.Tensor | None = None, amp: bool = True, *, name: str = "data",
+             strict: bool = False) -> dict[str, float]:
+    """The loss and every metric that fits the model's head, from probabilities (``name`` and
+    ``strict`` as in ``predict``)."""
+    p = predict(model, data, batch_size, device, amp, name=name, strict=strict)
     weight = None if loss_weight is None else loss_weight.cpu()
     metrics = {"loss": float(model.loss(p.logits, p.targets, weight))}
     metrics.update(evaluate_probs(p.probs.numpy(), p.targets.numpy(), model.head))
     return metrics
-
-
-# ---------------------------------------------------------------------------- checkpoints
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temporary name beside ``path``, then rename: never half-written."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def _prepare_checkpoint_dir(directory: Path, resume: bool) -> dict | None:
-    """Check the directory before any training; return the state to resume from, if any.
-    Rank 0 alone checks and writes (under torchrun); every rank reads the state."""
-    last = directory / "last.pt"
-    if distributed.is_main():
-        if last.exists() and not resume:
-            raise FileExistsError(
-                f"{last} holds an earlier training run; pass resume=True to continue it, "
-                f"or choose another checkpoint_dir"
-            )
-        try:  # an unwritable or full disk fails now, not after the first epoch
-            directory.mkdir(parents=True, exist_ok=True)
-            probe = directory / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"0" * 4096)
-            probe.unlink()
-        except OSError as e:
-            raise OSError(f"cannot write checkpoints to {directory}: {e.strerror or e}") from e
-    distributed.barrier()
-    if not (resume and last.exists()):
-        return None
-    state = torch.load(last, map_location="cpu", weights_only=True)
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{last} is not an i2m2kit checkpoint of format {CHECKPOINT_FORMAT}")
-    return state
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -229,9 +233,20 @@ class Phase:
     start_is_candidate: bool = False  # the weights it starts from compete in model selection
 
 
+def check_pretrain_epochs(pretrain_epochs: Any) -> None:
+    """None: as many as ``epochs``. 0 or less is refused: neither "no pretraining" (that is
+    regime="joint", or "finetune" from trained experts) nor "as many as epochs" (as 0 was read)."""
+    if pretrain_epochs is not None and (isinstance(pretrain_epochs, bool) or
+                                        not isinstance(pretrain_epochs, numbers.Integral) or pretrain_epochs < 1):
+        raise ValueError(f"pretrain_epochs must be a whole number of at least 1, or None for as many as epochs; got "
+                         f"{pretrain_epochs!r} (for no pretraining use regime='joint', or 'finetune' from trained experts)")
+
+
 def training_phases(model: I2M2, regime: str, epochs: int, pretrain_epochs: int | None = None) -> list[Phase]:
+    check_pretrain_epochs(pretrain_epochs)
     if regime == "pretrain_finetune":
-        pre = [Phase(f"pretrain:{n}", model.subset(n), pretrain_epochs or epochs) for n in model.experts]
+        pre_epochs = epochs if pretrain_epochs is None else pretrain_epochs
+        pre = [Phase(f"pretrain:{n}", model.subset(n), pre_epochs) for n in model.experts]
         return pre + [Phase("finetune", model, epochs, start_is_candidate=True)]
     if regime == "finetune":
         return [Phase("finetune", model, epochs, start_is_candidate=True)]
@@ -284,7 +299,16 @@ def fit(
 ) -> FitResult:
     """Train ``model`` in place and return its history.
 
+    Every expert of ``model`` is trained: ``train`` and ``valid`` must hold every modality an
+    expert reads (a missing one is an error naming the expert and the modality, not a
+    smaller model trained or scored in silence); an empty set is an error naming it.
+
     Args:
+        epochs: epochs of the joint (or fine-tuning, or heads) phase, at least 1.
+        pretrain_epochs: with ``regime="pretrain_finetune"``, the epochs each expert is first
+            trained alone; None (default): as many as ``epochs``. At least 1: 0 or a negative
+            number is refused (no pretraining is ``regime="joint"``, or ``"finetune"`` from
+            experts already trained). Checked, and ignored, with the other regimes.
         optimizer: a factory ``params -> torch.optim.Optimizer``, e.g.
             ``functools.partial(torch.optim.SGD, lr=0.01, weight_decay=1e-4)``; each phase
             gets a fresh one. Default: Adam with lr 1e-3.
@@ -295,6 +319,16 @@ def fit(
         loss_weight: per-class (multiclass) or per-label positive (multilabel) loss weight.
         checkpoint_dir: where ``last.pt`` (to resume) and ``model.pt`` (the final
             state_dict) go. An existing run there is never overwritten: pass ``resume=True``.
+            Files there that fit did not write (a ``model.pt`` without fit's ``last.pt``
+            recording it) are refused, never overwritten. A disk without room for about one
+            checkpoint (``checkpoint_bytes``) is refused before training; a write that fails
+            anyway fails naming the file, leaving the previous checkpoint whole.
+        resume: continue the run in ``checkpoint_dir``. Its ``last.pt`` records what made it
+            (parameter names and shapes, regime and phases, epochs, pretrain_epochs, batch
+            size, optimizer settings, seed, monitor, patience, clip_grad_norm, package version);
+            a checkpoint of anything else (another regime, other epochs, other widths), or an
+            unreadable one, is refused in one line saying what differs. Without ``last.pt``
+            training starts afresh.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
@@ -306,16 +340,28 @@ def fit(
         raise ValueError(f"patience must be at least 1 (or None), got {patience}")
     if clip_grad_norm is not None and not clip_grad_norm > 0:  # 0 zeroes every gradient: no training
         raise ValueError(f"clip_grad_norm must be positive (or None), got {clip_grad_norm}")
+    phases = training_phases(model, regime, epochs, pretrain_epochs)  # refuses pretrain_epochs below 1
     for name, data in (("train", train), ("valid", valid)):
-        if isinstance(data, Dataset) and len(data) == 0:  # else an obscure sampler or torch.cat error
-            raise ValueError(f"{name} holds no examples")
+        if data is None:
+            continue
+        _check_not_empty(data, name)  # else ZeroDivisionError, or an obscure sampler or torch.cat error
+        given = _modalities_of(data)
+        if given is not None and model.backbone is None:  # else each batch is checked as it comes
+            model.require_experts(given, f"{name} set")  # else a smaller model, trained or scored in silence
     make_optimizer = optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3))
     distributed.init_from_env()  # under torchrun: join the process group
     device = distributed.device_for_rank(resolve_device(device))
     main = distributed.is_main()  # checkpoints and progress bars from rank 0 only
-    phases = training_phases(model, regime, epochs, pretrain_epochs)
     directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    state = _prepare_checkpoint_dir(directory, resume) if directory is not None else None
+    state = None
+    if directory is not None:
+        fingerprint = checkpoints.run_fingerprint(
+            model, phases, regime=regime, epochs=epochs, batch_size=batch_size,
+            pretrain_epochs=phases[0].epochs if regime == "pretrain_finetune" else None,
+            optimizer=checkpoints.optimizer_settings(make_optimizer), clip_grad_norm=clip_grad_norm, seed=seed,
+            monitor=monitor, patience=patience, restore_best=restore_best, head=model.head,
+            loss_weight=None if loss_weight is None else loss_weight.tolist())
+        state = checkpoints.prepare_checkpoint_dir(directory, resume, fingerprint, checkpoints.checkpoint_bytes(model))
 
     model.to(device)
     if regime == "frozen_backbone":
@@ -357,7 +403,7 @@ def fit(
             selection = Selection(monitor, **state["selection"])
 
         def validate(epoch: int, row: dict[str, Any]) -> None:
-            metrics = evaluate(net, valid, device=device, loss_weight=weight, amp=amp)
+            metrics = evaluate(net, valid, device=device, loss_weight=weight, amp=amp, name="valid", strict=True)
             if monitor not in metrics:
                 raise KeyError(f"monitor={monitor!r} is not a validation metric here; "
                                f"choose one of {sorted(metrics)}")
@@ -387,7 +433,10 @@ def fit(
                                                          disable=not progress or not main)):
                 target = target.to(device, non_blocking=True)
                 with _autocast(device, amp):
-                    out = forward(_to(inputs, device))
+                    try:  # a modality missing from a batch would drop its experts in silence
+                        out = forward(_to(inputs, device), strict=True)
+                    except MissingModalityError as e:
+                        raise MissingModalityError(f"train set: {e}") from None
                 loss = net.loss(out.logits.float(), target, weight)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
@@ -409,6 +458,9 @@ def fit(
                 count += len(target)
 
             total, count = distributed.sum_over_ranks([total, count])
+            if count == 0:  # an iterable data set that gave nothing: else a division by zero
+                raise ValueError(f"train holds no examples (its loader gave no batch in phase {phase.name!r}, "
+                                 f"epoch {epoch + 1})")
             trained_until = time.perf_counter() - started
             row: dict[str, Any] = {"phase": phase.name, "epoch": epoch + 1, "train_loss": total / count}
             if valid is not None:
@@ -420,16 +472,17 @@ def fit(
                 result.history.append(row)
                 result.elapsed.append(trained_until)
             if directory is not None and main:
-                save_atomic(_checkpoint(model, opt, scaler, phase_index, epoch + 1, result, selection, device),
-                            directory / "last.pt")
+                checkpoints.save_atomic(checkpoints.checkpoint(model, opt, scaler, phase_index, epoch + 1, result, selection, device,
+                                        fingerprint), directory / "last.pt")
 
         if restore_best and selection.best_state is not None:
             model.load_state_dict(selection.best_state)
-        if directory is not None and main:  # phase done: the next one starts from here
-            save_atomic(_checkpoint(model, None, None, phase_index + 1, 0, result, Selection(monitor), device),
-                        directory / "last.pt")
+        if directory is not None and main and phase_index < len(phases) - 1:  # the next phase starts from here
+            checkpoints.save_atomic(checkpoints.checkpoint(model, None, None, phase_index + 1, 0, result,
+                                                           Selection(monitor), device, fingerprint), directory / "last.pt")
     if directory is not None and main:
-        save_atomic(model.state_dict(), directory / "model.pt")
+        checkpoints.save_final(model, checkpoints.checkpoint(model, None, None, len(phases), 0, result,
+                                                             Selection(monitor), device, fingerprint), directory)
     distributed.barrier()  # every rank returns once the files are written
     return result
 
@@ -456,23 +509,6 @@ class Selection:
     def state(self) -> dict[str, Any]:
         return {"best_value": self.best_value, "best_epoch": self.best_epoch,
                 "best_state": self.best_state, "bad_epochs": self.bad_epochs}
-
-
-def _checkpoint(model, opt, scaler, phase, epoch, result, selection: Selection, device) -> dict:
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "phase": phase,
-        "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": None if opt is None else opt.state_dict(),
-        "scaler": None if scaler is None else scaler.state_dict(),
-        "selection": selection.state(),
-        "history": result.history,
-        "best_metrics": result.best,
-        "best_epoch": result.best_epoch,
-        "rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-    }
 
 
 def compare_models(
@@ -524,7 +560,8 @@ def compare_models(
         if staged and len(model.experts) == 1:
             # an expert trained alone is its own pretraining: pretrain_epochs of it, no fine-tune
             kwargs["regime"] = "joint"
-            if kwargs.get("pretrain_epochs"):
+            check_pretrain_epochs(kwargs.get("pretrain_epochs"))  # else 0 would be refused as "epochs"
+            if kwargs.get("pretrain_epochs") is not None:
                 kwargs["epochs"] = kwargs["pretrain_epochs"]
         elif staged and all(n in pretrained for n in model.experts):
             # as published: start from the experts' own trained runs, then fine-tune together
@@ -542,7 +579,7 @@ def compare_models(
             trained[name] = model
         if fit_results is not None:  # each run's history (and its wall time per epoch)
             fit_results[name] = result
-        rows[name] = {"model": name, **evaluate(model, test, device=device),
+        rows[name] = {"model": name, **evaluate(model, test, device=device, name="test"),
                       "best_epoch": result.best_epoch, "train_seconds": seconds}
     return [rows[name] for name in names]
 

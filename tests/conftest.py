@@ -120,3 +120,16 @@ def assert_dependency_report(metrics, verdicts=None) -> dict:
     for terms in report["pid"].values():
         assert all(v >= 0 for v in terms.values())
     return report
+
+
+class MapStyle(torch.utils.data.Dataset):
+    """A map-style data set that is not a TensorData: one (inputs dict, target) per index."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        return {k: v[i] for k, v in self.data.inputs.items()}, self.data.targets[i]

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import MapStyle
 from torch import nn
 
 import i2m2kit as ik
@@ -169,26 +170,13 @@ def test_the_cheap_repairing_equals_running_the_whole_model_on_repaired_pairs(in
     torch.testing.assert_close(cheap, whole, rtol=1e-5, atol=1e-5)
 
 
-class Listed(torch.utils.data.Dataset):
-    """A map-style dataset that is not a TensorData."""
-
-    def __init__(self, data):
-        self.data = data
-
-    def __len__(self):
-        return len(self.data)
-
-    def __getitem__(self, i):
-        return {k: v[i] for k, v in self.data.inputs.items()}, self.data.targets[i]
-
-
 def test_any_map_style_dataset_gives_the_same_diagnostics(inter_only):
     _, trained, test = inter_only
     small = D.subset(test, torch.arange(600))
     models = {k: trained[k] for k in ("uni:x", "i2m2")}
     for fn, kwargs in ((D.label_preserving_shuffle, dict(repeats=3)), (D.cross_sample_shuffle, {}),
                        (D.emap, dict(references=4))):
-        a, b = fn(models, small, device="cpu", **kwargs), fn(models, Listed(small), device="cpu", **kwargs)
+        a, b = fn(models, small, device="cpu", **kwargs), fn(models, MapStyle(small), device="cpu", **kwargs)
         for ra, rb in zip(a, b):
             for key, value in ra.items():
                 assert rb[key] == (pytest.approx(value, abs=1e-6) if isinstance(value, float) else value), key

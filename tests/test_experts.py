@@ -199,3 +199,23 @@ def test_shared_backbone_runs_once_and_feeds_the_experts():
     out = model(batch())
     assert len(calls) == 1 and out.logits.shape == (7, 2)
     assert model.inter().backbone is model.backbone
+
+
+def test_an_expert_with_nothing_to_read_is_refused_naming_it():
+    with pytest.raises(ValueError, match=r"expert 'a' reads 'audio', not among the model's modalities \['image'\]"):
+        ik.I2M2({"a": ik.Expert(nn.Linear(3, 5), "audio")}, modalities=("image",))
+    expert = ik.Expert(nn.Linear(3, 5), "audio")
+    expert.reads = ()  # Expert itself refuses empty reads; changed since
+    with pytest.raises(ValueError, match="expert 'b' reads no modality: it has nothing to read"):
+        ik.I2M2({"b": expert})
+
+
+def test_strict_inputs_must_let_every_expert_run():
+    """Training and validation pass strict=True: an absent modality names the experts it drops
+    instead of dropping them (without strict it is a missing modality at test time)."""
+    model, inputs = three_experts(), batch()
+    with pytest.raises(ik.experts.MissingModalityError,
+                       match=r"^the batch lacks modality 'audio', which experts 'audio', 'joint' read \(it holds \['image'\]\)"):
+        model({"image": inputs["image"]}, strict=True)
+    torch.testing.assert_close(model(inputs, strict=True).logits, model(inputs).logits)
+    model.uni("image")({"image": inputs["image"]}, strict=True)  # a subset needs only what its experts read

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import errno
 import functools
 import gzip
 import hashlib
 import http.server
 import json
+import os
 import shutil
 import tarfile
 import threading
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.io.wavfile
 from conftest import load_data_script
 
 from i2m2kit.tasks import avmnist
@@ -217,14 +220,132 @@ def test_missing_folders_are_named(prep, shared_data, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def esc50_copy(shared_data: Path, raw: Path) -> Path:
+    """raw/esc50: a copy of clips.csv and links to the shared clips (so one can be replaced)."""
+    esc50 = raw / "esc50"
+    (esc50 / "audio").mkdir(parents=True)
+    shutil.copy(shared_data / "esc50" / "clips.csv", esc50)
+    for clip in (shared_data / "esc50" / "audio").iterdir():
+        (esc50 / "audio" / clip.name).symlink_to(clip)
+    return esc50
+
+
+CLIP = "4-102844-A-49.wav"  # the last clip of the table
+
+
+def _clips_not_utf8(esc50, monkeypatch):
+    (esc50 / "clips.csv").write_bytes(b"\xff\xfefilename,target\n")
+    return "clips.csv: cannot read the table ('utf-8' codec can't decode byte 0xff in position 0"
+
+
+def _clips_short_line(esc50, monkeypatch):
+    with open(esc50 / "clips.csv", "a") as f:
+        f.write("4-999999-A-7.wav,7\n")
+    return "clips.csv line 52: fewer fields than its header"
+
+
+def _clips_header_only(esc50, monkeypatch):
+    (esc50 / "clips.csv").write_text((esc50 / "clips.csv").read_text().splitlines()[0] + "\n")
+    return "clips.csv: lists no clips"
+
+
+def _clip_garbage_header(esc50, monkeypatch):
+    data = bytearray((esc50 / "audio" / CLIP).read_bytes())
+    data[22] = 255  # 255 channels: scipy divides by zero
+    (esc50 / "audio" / CLIP).unlink()
+    (esc50 / "audio" / CLIP).write_bytes(bytes(data))
+    return f"{CLIP}: not a readable WAV file (integer division or modulo by zero)"
+
+
+def _clip_unreadable(esc50, monkeypatch):
+    read_bytes = Path.read_bytes
+
+    def refuse(path):
+        if path.name == CLIP:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    return f"{CLIP}: cannot read the noise clip (Permission denied)"
+
+
+@pytest.mark.parametrize("damage", [_clips_not_utf8, _clips_short_line, _clips_header_only, _clip_garbage_header,
+                                    _clip_unreadable])
+def test_unreadable_esc50_input_is_named_in_one_line(prep, shared_data, tmp_path, capsys, monkeypatch, damage):
+    raw = raw_copy(shared_data, tmp_path / "raw", without="esc50")
+    message = damage(esc50_copy(shared_data, raw), monkeypatch)
+    assert prep.main(["--raw", str(raw), "--out", str(tmp_path / "out"), "--n-train", "50", "--n-test", "50",
+                      "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def _recording_is_a_folder(fsdd, monkeypatch):
+    (fsdd / "recordings" / "3_theo_7.wav").mkdir(parents=True)
+    return "3_theo_7.wav: cannot read the recording (Is a directory)"
+
+
+def _recording_is_a_broken_link(fsdd, monkeypatch):
+    (fsdd / "recordings").mkdir()
+    (fsdd / "recordings" / "3_theo_7.wav").symlink_to(fsdd / "moved")
+    return "3_theo_7.wav: cannot read the recording (No such file or directory)"
+
+
+def _recording_is_silent(fsdd, monkeypatch):
+    (fsdd / "recordings").mkdir()
+    scipy.io.wavfile.write(fsdd / "recordings" / "0_jackson_0.wav", 8000, np.zeros(4000, np.int16))
+    return "0_jackson_0.wav: recording is silent"  # its pairs would hear the noise alone
+
+
+def _fsdd_is_a_symlink_loop(fsdd, monkeypatch):
+    shutil.rmtree(fsdd)
+    fsdd.symlink_to(fsdd)
+    return f"{fsdd}: not a folder (a file, or a broken or looping symbolic link)"
+
+
+def _fsdd_cannot_be_listed(fsdd, monkeypatch):
+    iterdir = Path.iterdir
+
+    def refuse(path):
+        if path == fsdd:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return iterdir(path)
+
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    return f"{fsdd}: cannot list the folder (Permission denied)"
+
+
+@pytest.mark.parametrize("damage", [_recording_is_a_folder, _recording_is_a_broken_link, _recording_is_silent,
+                                    _fsdd_is_a_symlink_loop, _fsdd_cannot_be_listed])
+def test_unreadable_fsdd_input_is_named_in_one_line(prep, shared_data, tmp_path, capsys, monkeypatch, damage):
+    raw = raw_copy(shared_data, tmp_path / "raw", without="fsdd")
+    archive = next((shared_data / "fsdd").glob("*.tar.gz"))
+    (raw / "fsdd").mkdir()
+    (raw / "fsdd" / archive.name).symlink_to(archive)
+    message = damage(raw / "fsdd", monkeypatch)
+    assert prep.main(["--raw", str(raw), "--out", str(tmp_path / "out"), "--n-train", "50", "--n-test", "50",
+                      "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("option, message", [(dict(seed=-1), "seed must be a non-negative integer"),
                                              (dict(snr_db=float("nan")), "snr_db must be a finite number")]
                          + [(dict(inter_share=v), "inter_share must be a number from 0 to 1")
-                            for v in (float("nan"), -0.1, 1.5, "0.5", None)])
+                            for v in (float("nan"), -0.1, 1.5, "0.5", None)]
+                         + [(dict(n_train=0), r"n_train must be a whole number of at least 1, got 0"),
+                            (dict(n_test=-1), r"n_test must be a whole number of at least 1, got -1"),
+                            (dict(n_train=2.5), r"n_train must be a whole number of at least 1, got 2.5")]
+                         + [(dict(image_energy=v), r"image_energy must be in \(0, 1\]")
+                            for v in (float("nan"), 0.0, 1.5)]
+                         + [(dict(test_speakers=[]), "test_speakers must name at least one, got none"),
+                            (dict(test_noise_classes=()), "test_noise_classes must name at least one, got none")])
 def test_bad_option_is_refused_before_any_work(prep, shared_data, tmp_path, monkeypatch, option, message):
     monkeypatch.setattr(prep, "load_noise_clips", None)  # the first input read: not reached
     with pytest.raises(prep.PrepareError, match=message):
-        prep.prepare(shared_data, tmp_path / "out", **SMALL, **option)
+        prep.prepare(shared_data, tmp_path / "out", **{**SMALL, **option})
     assert not (tmp_path / "out").exists()
 
 

@@ -4,7 +4,11 @@ fastMRI+ annotations as the label source."""
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import os
+import re
+import shutil
 from pathlib import Path
 
 import h5py
@@ -13,6 +17,7 @@ import pytest
 from conftest import load_data_script
 from fastmri_files import (ANNOTATED, EXPECTED_LABEL, NOT_REVIEWED, REVIEWED_NO_FINDING, annotation_rows,
                            centred_fft, expected_labels, miniature_raw, phantom, write_volume)
+from faults import bad_output_location, disk_full, run_script, small_tmpfs
 
 
 @pytest.fixture(scope="module")
@@ -256,3 +261,214 @@ def test_a_wider_volume_is_kept_and_listed(prep, raw, annotations, tmp_path):
     assert meta["annotated_slices_beyond_volume"]["file1000002"] > 0
     assert sum(c["slices"] for c in meta["counts"].values()) == 2 + sum(
         n for v, n in raw[1].items() if v in ANNOTATED[:3])
+
+
+# ---------------------------------------------------------------------- nothing skipped unsaid, reuse checked, room
+
+
+def volumes_read(prep, monkeypatch) -> list[str]:
+    """The volumes the script reads from now on, in order (to tell whether any work was done)."""
+    read, real_read = [], prep.read_volume
+    monkeypatch.setattr(prep, "read_volume", lambda path, dtype: read.append(path.stem) or real_read(path, dtype))
+    return read
+
+
+def arguments(raw: Path, annotations: Path, out: Path, *more: str) -> list[str]:
+    return ["--raw", str(raw), "--annotations", str(annotations), "--out", str(out), "--no-progress", *more]
+
+
+def test_an_unreadable_folder_stops_the_run_or_is_skipped_and_listed(prep, raw, annotations, tmp_path, monkeypatch,
+                                                                      capsys):
+    folder = linked_raw(raw[0], tmp_path / "raw", set(ANNOTATED[:3]))
+    locked = linked_raw(raw[0], folder / "locked", set(REVIEWED_NO_FINDING))
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # as for a folder without read permission (which root, running the tests here, reads)
+        if isinstance(path, (str, os.PathLike)) and Path(path) == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_scandir(path)
+    monkeypatch.setattr(os, "scandir", scandir)
+    read = volumes_read(prep, monkeypatch)
+    out = tmp_path / "out"
+    assert prep.main(arguments(folder, annotations, out)) == 2  # it was skipped in silence: 3 of 5 volumes, exit 0
+    assert capsys.readouterr().err == (f"error: {locked}: folder cannot be listed (Permission denied); make it "
+                                       f"readable, or pass --on-error skip to leave it out\n")
+    assert read == [] and sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+    assert prep.main(arguments(folder, annotations, out, "--on-error", "skip")) == 0
+    printed = capsys.readouterr()
+    assert printed.out.count("\n") == 1
+    assert printed.out.endswith("; skipped (--on-error skip, reasons in metadata.json): locked\n")
+    assert f"skipping {locked}: folder cannot be listed (Permission denied)" in printed.err
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["raw_entries_skipped_unreadable"] == {"locked": "folder cannot be listed (Permission denied)"}
+    assert sum(c["volumes"] for c in meta["counts"].values()) == 3
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads a folder without permissions")
+def test_a_folder_without_read_permission_is_named(prep, raw, annotations, tmp_path, capsys):
+    folder = linked_raw(raw[0], tmp_path / "raw", set(ANNOTATED[:3]))
+    locked = linked_raw(raw[0], folder / "locked", set(REVIEWED_NO_FINDING))
+    locked.chmod(0)
+    try:
+        assert prep.main(arguments(folder, annotations, tmp_path / "out")) == 2
+    finally:
+        locked.chmod(0o755)
+    assert capsys.readouterr().err.startswith(f"error: {locked}: folder cannot be listed (Permission denied); ")
+
+
+def test_broken_and_looping_links_are_named_and_linked_folders_are_read(prep, raw, annotations, tmp_path, capsys):
+    folder = linked_raw(raw[0], tmp_path / "raw", set(ANNOTATED[:3]))
+    (folder / "more").symlink_to(linked_raw(raw[0], tmp_path / "elsewhere", set(REVIEWED_NO_FINDING)))
+    (folder / "loop").symlink_to(folder / "loop")
+    (folder / "file1000001.h5").symlink_to(tmp_path / "gone.h5")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "up").symlink_to(folder)
+    out = tmp_path / "out"
+    assert prep.main(arguments(folder, annotations, out)) == 2
+    assert capsys.readouterr().err == (f"error: {folder / 'file1000001.h5'}: a broken symbolic link (and 2 more "
+                                       f"unreadable entries); make it readable, or pass --on-error skip to leave "
+                                       f"it out\n")
+    assert prep.main(arguments(folder, annotations, out, "--on-error", "skip")) == 0
+    assert capsys.readouterr().out.endswith(
+        "; skipped (--on-error skip, reasons in metadata.json): file1000001.h5, loop, sub/up\n")
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["raw_entries_skipped_unreadable"] == {
+        "file1000001.h5": "a broken symbolic link", "loop": "cannot be read (Too many levels of symbolic links)",
+        "sub/up": f"a link back to {folder}"}
+    assert sum(c["volumes"] for c in meta["counts"].values()) == 5  # the linked folder's two volumes are read
+
+
+def test_a_skipped_corrupt_file_is_named_in_the_last_line(prep, raw, annotations, tmp_path, capsys):
+    folder = linked_raw(raw[0], tmp_path / "raw", set(ANNOTATED[:3]))
+    (folder / "file1002570.h5").write_bytes(b"garbage")
+    assert prep.main(arguments(folder, annotations, tmp_path / "out", "--on-error", "skip")) == 0
+    assert capsys.readouterr().out.endswith("; skipped (--on-error skip, reasons in metadata.json): file1002570.h5\n")
+
+
+def test_an_interrupted_run_continues_only_from_the_same_input_and_settings(prep, raw, annotations, tmp_path,
+                                                                            monkeypatch, capsys):
+    first = linked_raw(raw[0], tmp_path / "first", set(ANNOTATED[:3]))
+    (first / "file1002570.h5").write_bytes(b"garbage")  # sorts last: the run stops after the three others
+    out, partial = tmp_path / "prepared", tmp_path / "prepared.partial"
+    assert prep.main(arguments(first, annotations, out)) == 2
+    assert len(list(partial.glob("volumes/*.npz"))) == 3
+    capsys.readouterr()
+    # another folder of the same file names: its volumes were added to the first's
+    second = linked_raw(raw[0], tmp_path / "second", set(ANNOTATED[:3]))
+    write_volume(second / "file1002570.h5", phantom(np.random.default_rng(5))[None].repeat(2, axis=0))
+    read = volumes_read(prep, monkeypatch)
+    assert prep.main(arguments(second, annotations, out)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {partial}: volumes prepared from other input or settings (")
+    assert f"raw: '{first.resolve()}' -> '{second.resolve()}'" in err
+    assert err.endswith("); delete it or pass --restart to start afresh\n")
+    # other settings, or a raw file changed since, are refused too, saying so
+    assert prep.main(arguments(first, annotations, out, "--dtype", "float32")) == 2
+    assert "(dtype: 'float16' -> 'float32'); delete it" in capsys.readouterr().err
+    os.utime(first / "file1002570.h5", ns=(0, 0))
+    assert prep.main(arguments(first, annotations, out)) == 2
+    assert "(raw files (names, sizes or times) changed (4 -> 4 files)); delete it" in capsys.readouterr().err
+    assert read == [] and not out.exists()
+    # a folder of an older version, without a fingerprint, is not taken on trust
+    (partial / "fingerprint.json").unlink()
+    assert prep.main(arguments(second, annotations, out)) == 2
+    assert "(no fingerprint.json: left by an older version of this script)" in capsys.readouterr().err
+    # --restart starts afresh: every volume read from the second folder
+    assert prep.main(arguments(second, annotations, out, "--restart")) == 0
+    assert sorted(read) == sorted([*ANNOTATED[:3], "file1002570"])
+    assert json.loads((out / "metadata.json").read_text())["source"]["raw"] == str(second.resolve())
+    assert not partial.exists()
+
+
+def test_no_room_for_the_output_is_said_before_any_volume_is_read(prep, raw, annotations, tmp_path, monkeypatch,
+                                                                  capsys):
+    folder = linked_raw(raw[0], tmp_path / "raw", set(ANNOTATED[:3]))
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=10 * 2**20))
+    read = volumes_read(prep, monkeypatch)
+    assert prep.main(arguments(folder, annotations, tmp_path / "out")) == 2
+    slices = sum(raw[1][v] for v in ANNOTATED[:3])
+    need = slices * (2 * 2 * 320 * 320) * 2 / 2**20  # float16 magnitude and phase, the output and each volume's copy
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path}: 10 MiB free, but {slices} slices of float16 magnitude and phase (the "
+                          f"output, and its per-volume copies in out.partial) needs about {need:,.0f} MiB; ")
+    assert err.count("\n") == 1 and read == [] and sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+def test_a_disk_that_fills_while_writing_stops_in_one_line_and_the_next_run_continues(prep, raw, annotations, tmp_path,
+                                                                                      monkeypatch, capsys):
+    """The arrays are memory-mapped: without their blocks allocated first, a full disk killed the
+    process with SIGBUS (exit 135, no message)."""
+    folder = linked_raw(raw[0], tmp_path / "raw", set(ANNOTATED[:3]))
+    real = getattr(os, "posix_fallocate", None)
+    monkeypatch.setattr(os, "posix_fallocate", disk_full, raising=False)
+    out, partial = tmp_path / "out", tmp_path / "out.partial"
+    assert prep.main(arguments(folder, annotations, out)) == 2
+    assert capsys.readouterr().err == (
+        f"error: {partial / 'output' / 'train' / 'magnitude.npy'}: cannot be written (No space left on device); the "
+        f"volumes prepared are kept in {partial}: free some space and run again to continue\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.partial", "raw"]  # no temporary folder
+    assert sorted(p.name for p in partial.iterdir()) == ["fingerprint.json", "volumes"]  # no half-written output
+    if real is None:
+        monkeypatch.delattr(os, "posix_fallocate")
+    else:
+        monkeypatch.setattr(os, "posix_fallocate", real)
+    read = volumes_read(prep, monkeypatch)
+    assert prep.main(arguments(folder, annotations, out)) == 0
+    assert read == [] and not partial.exists()
+
+
+def test_a_real_full_disk_is_said_in_one_line_not_by_a_bus_error(raw, annotations, tmp_path):
+    """On a 20 MiB tmpfs (root only; the tests above cover the same without one): room for the
+    three volumes' copies (15 MB), not for the output as well."""
+    folder = linked_raw(raw[0], tmp_path / "raw", set(ANNOTATED[:3]))
+    with small_tmpfs(tmp_path / "disk", "20m") as disk:
+        args = arguments(folder, annotations, disk / "out")
+        checked = run_script("prepare_fastmri", args)  # the check before the work
+        assert checked.returncode == 2 and checked.stderr.startswith(f"error: {disk}: 20 MiB free, but "), checked.stderr
+        filled = run_script("prepare_fastmri", args, lie_about_room=True)  # the disk fills while writing
+        assert filled.returncode == 2, (filled.returncode, filled.stderr)  # a bus error: -7
+        assert filled.stderr.endswith(": cannot be written (No space left on device); the volumes prepared are kept "
+                                      f"in {disk / 'out.partial'}: free some space and run again to continue\n")
+        assert [p.name for p in disk.iterdir()] == ["out.partial"]
+        assert sorted(p.name for p in (disk / "out.partial").iterdir()) == ["fingerprint.json", "volumes"]
+
+
+@pytest.mark.parametrize("case", ["unwritable parent", "mount point", "--out a link loop", "--raw a link loop",
+                                  "--annotations a link loop"])
+def test_output_and_input_locations_are_checked_before_any_work(prep, raw, annotations, tmp_path, monkeypatch, capsys,
+                                                               case):
+    folder = linked_raw(raw[0], tmp_path / "raw", set(ANNOTATED[:3]))
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    out, loop = parent / "out", tmp_path / "loop"
+    given = {"raw": folder, "annotations": annotations}
+    message = bad_output_location(case, out, monkeypatch)
+    if message is None:
+        loop.symlink_to(loop)
+        option = case.split()[0]
+        given[option[2:]] = loop
+        message = f"{loop}: cannot be read (Too many levels of symbolic links) ({option})"
+    monkeypatch.setattr(prep, "read_annotations", lambda *a: pytest.fail("the input was read before the checks"))
+    assert prep.main(arguments(given["raw"], given["annotations"], out)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {message}"), err
+    assert "loop" in err.lower() or "loop" not in case
+    assert sorted(p.name for p in parent.iterdir()) == (["out"] if case == "--out a link loop" else [])
+
+
+@pytest.mark.parametrize("option", ["--raw", "--annotations", "--out"])
+def test_an_empty_path_is_refused_naming_the_option(prep, raw, annotations, tmp_path, capsys, option):
+    given = dict(zip(("--raw", "--annotations", "--out"), (str(raw[0]), str(annotations), str(tmp_path / "out"))))
+    given[option] = ""  # an unset variable in a shell script: not the working folder
+    assert prep.main([*(x for kv in given.items() for x in kv), "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"error: {option[2:]} ({option}): an empty path; name a folder\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("seed", [1.5, True, float("nan")])
+def test_a_seed_that_is_not_a_whole_number_is_refused_at_once(prep, raw, annotations, tmp_path, monkeypatch, seed):
+    read = volumes_read(prep, monkeypatch)  # numpy refused it, but only after every volume was read
+    with pytest.raises(prep.PrepareError, match=re.escape(f"seed must be a non-negative integer, got {seed!r}")):
+        prep.prepare(raw[0], annotations, tmp_path / "out", seed=seed, progress=False)
+    assert read == [] and list(tmp_path.iterdir()) == []

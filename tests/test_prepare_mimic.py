@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import gzip
 import itertools
+import json
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import load_data_script
+from faults import refuse_open
 
 TABLES = ("PATIENTS", "ADMISSIONS", "ICUSTAYS", "SERVICES", "DIAGNOSES_ICD", "CHARTEVENTS", "LABEVENTS",
           "OUTPUTEVENTS")
@@ -284,3 +286,47 @@ def test_existing_output_is_refused_and_replaced_only_whole(built, prep, demo, t
     monkeypatch.undo()
     prep.prepare(raw, old, overwrite=True, progress=False)
     assert sorted(p.name for p in old.iterdir()) == ["metadata.json", "mimic.npz"]
+
+
+# ---------------------------------------------------------------------- unreadable or empty tables
+
+
+@pytest.mark.parametrize("name, rows", [("CHARTEVENTS", []), ("DIAGNOSES_ICD", []), ("SERVICES", [[], []])],
+                         ids=["chartevents", "diagnoses", "services-blank-lines"])
+def test_a_table_holding_only_its_header_is_refused_before_the_long_reads(prep, demo, tmp_path, capsys, monkeypatch,
+                                                                         name, rows):
+    """Accepted, its every vital sign (or diagnosis, or service) would be imputed, unsaid."""
+    raw = raw_copy(demo, tmp_path / "raw", skip=(name,))
+    write_table(raw / f"{name}.csv.gz", read_table(demo / f"{name}.csv.gz", limit=0)[0], rows)
+    monkeypatch.setattr(prep, "read_cohort", None)  # the first rows read: not reached
+    assert prep.main(["--raw", str(raw), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"error: {name}.csv.gz: table {name} holds its header but no rows\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unreadable_table_is_named_in_one_line(prep, demo, tmp_path, capsys, monkeypatch):
+    raw = raw_copy(demo, tmp_path / "raw", skip=("PATIENTS",))
+    header, rows = read_table(demo / "PATIENTS.csv.gz")
+    (raw / "PATIENTS.csv").write_text(",".join(header) + "\n" + "x" * 200_000 + "\n")  # garbage, not a table
+    assert prep.main(["--raw", str(raw), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert capsys.readouterr().err == ("error: PATIENTS.csv: cannot read table PATIENTS "
+                                       "(field larger than field limit (131072))\n")
+
+    write_table(raw / "PATIENTS.csv", header, rows)
+    refuse_open(monkeypatch, prep, "LABEVENTS.csv.gz")
+    assert prep.main(["--raw", str(raw), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert capsys.readouterr().err == "error: LABEVENTS.csv.gz: cannot read table LABEVENTS (Permission denied)\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_variable_no_stay_measured_is_said_in_a_warning_and_the_metadata(built, prep, demo, tmp_path, capsys):
+    assert built[1]["imputed_throughout"] == {"variables_measured_in_no_stay": [], "stays_measured_in_no_variable": []}
+    raw = raw_copy(demo, tmp_path / "raw", skip=("LABEVENTS",))
+    header, rows = read_table(demo / "LABEVENTS.csv.gz")
+    write_table(raw / "LABEVENTS.csv.gz", header, [r for r in rows if r[header.index("itemid")] != "50885"])
+    out = tmp_path / "out"
+    assert prep.main(["--raw", str(raw), "--out", str(out), "--no-progress"]) == 0
+    assert capsys.readouterr().err == ("warning: no stay has a measurement of bilirubin in its first 24 hours: "
+                                       "imputed with the normal value throughout\n")
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["imputed_throughout"]["variables_measured_in_no_stay"] == ["bilirubin"]

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import load_data_script
+from faults import refuse_open
 from nlvr2_files import image_path, make_nlvr2
 from PIL import Image
 
@@ -294,3 +295,32 @@ def test_nlvr2_missing_file_and_a_forced_dataset_are_named(prep, raw, nlvr2, tmp
     assert prep.detect_dataset(root) == "nlvr2" and prep.detect_dataset(raw) == "nlvr"
     with pytest.raises(prep.PrepareError, match="no such folder"):
         prep.prepare(root, tmp_path / "out", images=tmp_path / "nowhere", progress=False)
+
+
+# ---------------------------------------------------------------------- unreadable input, settings of the other data set
+
+
+def test_an_unreadable_split_file_is_named_in_one_line(prep, raw, tmp_path, capsys, monkeypatch):
+    folder = small_raw(raw, tmp_path / "raw", n=2, with_images=False)
+    refuse_open(monkeypatch, prep, "test.json")
+    assert prep.main(["--raw", str(folder), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"error: {folder / 'test.json'}: cannot read it (Permission denied)\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_nlvr2_images_folder_as_a_symlink_loop_is_named_in_one_line(prep, shared_data, tmp_path, capsys):
+    root, _ = make_nlvr2(shared_data, tmp_path / "raw", n=6, n_train=6)
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    assert prep.main(["--raw", str(root), "--images", str(loop), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {loop}: no such folder (the NLVR2 photographs") and err.count("\n") == 1, err
+
+
+def test_a_setting_of_either_data_set_is_checked_whichever_is_read(prep, raw, nlvr2, tmp_path):
+    root, _ = nlvr2
+    with pytest.raises(prep.PrepareError, match=r"downsample must be one of \(1, 2, 5, 10\)"):
+        prep.prepare(root, tmp_path / "out", downsample_factor=3, progress=False)  # NLVR2 does not downsample
+    with pytest.raises(prep.PrepareError, match=r"image size must be an integer in \[4, 1024\], got 0"):
+        prep.prepare(raw, tmp_path / "out", image_size=0, progress=False)  # NLVR (v1) has no image size
+    assert not (tmp_path / "out").exists()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import http.server
 import io
 import json
+import os
 import shutil
 import tarfile
 import threading
@@ -339,3 +341,49 @@ def test_lines_end_at_newlines_only_and_numbers_are_plain(prep):
         prep.parse_record("Time,Parameter,Value\n00:00,RecordID,1\x0c\n00:05,GCS,x\n", "1.txt", counts)
     with pytest.raises(prep.PrepareError, match=r"^1.txt:3: GCS '1_0' is not a number"):
         prep.parse_record("Time,Parameter,Value\r\n00:00,RecordID,1\r\n00:05,GCS,1_0\r\n", "1.txt", counts)
+
+
+# ---------------------------------------------------------------------- unreadable input, what is missing throughout
+
+
+def _refuse(monkeypatch, method: str, name: str) -> None:
+    """Path.<method> fails with "Permission denied" on the file or folder called ``name``."""
+    original = getattr(Path, method)
+
+    def refuse(path, *args, **kwargs):
+        if path.name == name:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, method, refuse)
+
+
+@pytest.mark.parametrize("method, where", [("read_bytes", "set-a/132540.txt"), ("iterdir", "set-a"),
+                                           ("read_text", "Outcomes-a.txt")])
+def test_an_unreadable_record_folder_or_outcomes_file_is_named(prep, texts, source, tmp_path, capsys, monkeypatch,
+                                                               method, where):
+    raw = small_raw(texts, source, tmp_path / "raw")
+    _refuse(monkeypatch, method, Path(where).name)
+    assert prep.main(["--raw", str(raw), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"error: {raw / where}: cannot read it (Permission denied)\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_what_no_record_measures_is_said_in_a_warning_and_the_metadata(built, prep, texts, source, tmp_path, capsys):
+    # set A as published: three records hold their descriptors and nothing else
+    assert built[1]["sets"]["a"]["imputed_throughout"] == {"variables_measured_in_no_record": [],
+                                                           "records_without_series": [140501, 140936, 141264]}
+    raw = small_raw(texts, source, tmp_path / "raw")
+    for record in (raw / "set-a").iterdir():
+        lines = record.read_text().splitlines(keepends=True)
+        if record.name == "132540.txt":  # its descriptors only
+            lines = lines[:7]
+        record.write_text("".join(line for line in lines if ",Cholesterol," not in line))
+    out = tmp_path / "out"
+    assert prep.main(["--raw", str(raw), "--out", str(out), "--no-progress"]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: set a: no record has a measurement of Cholesterol (missing throughout)",
+        "warning: set a: 1 record(s) have no time-series measurement (132540), listed in metadata.json"]
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["sets"]["a"]["imputed_throughout"] == {"variables_measured_in_no_record": ["Cholesterol"],
+                                                       "records_without_series": [132540]}

@@ -5,6 +5,7 @@ errors for bad input that leave nothing behind."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 from pathlib import Path
@@ -12,9 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import load_data_script
+from faults import bad_output_location, disk_full, run_script, small_tmpfs
 from PIL import Image
 
 SPLITS = ("train", "valid", "test")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -465,6 +468,12 @@ BAD = {  # id: (data set, change to the raw folder, prepare's arguments, what th
     "image size": ("easy", None, {"image_size": 4}, "image_size (--image-size) must be an integer of at least 8, got 4"),
     "valid fraction 0": ("easy", None, {"valid_fraction": 0.0}, "valid_fraction (--valid-fraction) must be in (0, 1)"),
     "valid fraction 1": ("easy", None, {"valid_fraction": 1.0}, "valid_fraction (--valid-fraction) must be in (0, 1)"),
+    "valid fraction nan": ("easy", None, {"valid_fraction": float("nan")},
+                           "valid_fraction (--valid-fraction) must be in (0, 1), got nan"),
+    "valid fraction inf": ("easy", None, {"valid_fraction": float("inf")},
+                           "valid_fraction (--valid-fraction) must be in (0, 1), got inf"),
+    "raw a link loop": ("easy", lambda raw: [shutil.rmtree(raw), raw.symlink_to(raw)], {},
+                        "raw: cannot be read (Too many levels of symbolic links) (--raw)"),
     "min answer count": ("v2", None, {"min_answer_count": 0},
                          "min_answer_count (--min-answer-count) must be an integer of at least 1, got 0"),
     "limit": ("easy", None, {"limit": 0}, "limit (--limit) must be a positive integer, got 0"),
@@ -542,3 +551,81 @@ def test_output_over_an_input_or_a_file_is_refused(prep, tmp_path, capsys, out, 
     assert message in capsys.readouterr().err
     assert (raw / "Val" / "Val-Ques.json").is_file() and (coco / "val2014").is_dir()  # nothing deleted
     assert (tmp_path / "file").read_text() == "mine"
+
+
+# ---------------------------------------------------------------------- where the output goes
+
+
+@pytest.mark.parametrize("case", ["unwritable parent", "mount point", "--out a link loop", "--images a link loop"])
+def test_output_and_input_locations_are_checked_before_any_file_is_read(prep, small_easy_template, tmp_path,
+                                                                        monkeypatch, capsys, case):
+    parent, out, args = tmp_path / "parent", tmp_path / "parent" / "out", []
+    parent.mkdir()
+    message = bad_output_location(case, out, monkeypatch)
+    if message is None:
+        (tmp_path / "loop").symlink_to(tmp_path / "loop")
+        args = ["--images", str(tmp_path / "loop")]
+        message = f"{tmp_path / 'loop'}: cannot be read (Too many levels of symbolic links) (--images)"
+    monkeypatch.setattr(prep, "detect", lambda raw: pytest.fail("the input was read before the output was checked"))
+    assert prep.main(["--raw", str(small_easy_template), "--out", str(out), *args, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {message}"), err
+    if case == "--out a link loop":
+        assert "loop" in err.lower()
+    assert sorted(p.name for p in parent.iterdir()) == ([] if case != "--out a link loop" else ["out"])
+
+
+@pytest.mark.parametrize("option", ["--raw", "--images", "--out"])
+def test_an_empty_path_is_refused_naming_the_option(prep, small_easy_template, tmp_path, capsys, option):
+    args = {"--raw": str(small_easy_template), "--images": str(small_easy_template), "--out": str(tmp_path / "out")}
+    args[option] = ""  # an unset variable in a shell script: not the working folder
+    assert prep.main([*(x for kv in args.items() for x in kv), "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"error: {option[2:]} ({option}): an empty path; name a folder\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_room_for_the_output_is_said_before_any_image_is_read(prep, small_easy_template, tmp_path, monkeypatch,
+                                                                 capsys):
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=2**20))
+    monkeypatch.setattr(prep, "load_image", lambda *args: pytest.fail("an image was read before the room was checked"))
+    out = tmp_path / "new" / "out"
+    assert prep.main(["--raw", str(small_easy_template), "--out", str(out), "--image-size", "256", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    questions = sum(len(published_questions(small_easy_template, s)) for s in ("train", "test"))
+    assert err == (f"error: {tmp_path}: 1 MiB free, but 30 images of 256 x 256 and {questions} questions needs "
+                   f"about 6 MiB; free some space or write elsewhere\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_disk_that_fills_while_writing_stops_in_one_line_and_leaves_nothing(prep, small_easy_template, tmp_path,
+                                                                              monkeypatch, capsys):
+    """The image arrays are memory-mapped: without their blocks allocated first, a full disk
+    killed the process with SIGBUS (exit 135, no message) and left the temporary folder."""
+    earlier = tmp_path / "earlier"
+    prep.prepare(small_easy_template, earlier, progress=False, image_size=8)
+    before = {p.name: p.read_bytes() for p in earlier.iterdir()}
+    monkeypatch.setattr(os, "posix_fallocate", disk_full, raising=False)
+    out = tmp_path / "new" / "out"
+    assert prep.main(["--raw", str(small_easy_template), "--out", str(out), "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"error: {out / 'train_images.npy'}: cannot be written (No space left on device)\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier"]  # nor the folders made for it, nor a temporary one
+    # an earlier output stays as it was
+    assert prep.main(["--raw", str(small_easy_template), "--out", str(earlier), "--overwrite", "--no-progress"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in earlier.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier"]
+
+
+def test_a_real_full_disk_is_said_in_one_line_not_by_a_bus_error(small_easy_template, tmp_path):
+    """On a 300 KiB tmpfs (root only; the tests above cover the same without one)."""
+    with small_tmpfs(tmp_path / "disk", "300k") as disk:
+        args = ["--raw", str(small_easy_template), "--out", str(disk / "out"), "--image-size", "128", "--no-progress"]
+        checked = run_script("prepare_vqa", args)  # the check before the work
+        assert checked.returncode == 2 and checked.stderr.count("\n") == 1, checked.stderr
+        assert re.match(rf"error: {re.escape(str(disk))}: \d+ KiB free, but 30 images of 128 x 128", checked.stderr)
+        filled = run_script("prepare_vqa", args, lie_about_room=True)  # the disk fills while writing
+        assert filled.returncode == 2, (filled.returncode, filled.stderr)  # a bus error: -7
+        assert filled.stderr == (f"error: {disk / 'out' / 'train_images.npy'}: cannot be written "
+                                 f"(No space left on device)\n")
+        assert list(disk.iterdir()) == []  # no temporary folder left

@@ -185,3 +185,22 @@ def test_prepared_data_without_raw_files_or_fingerprint_is_used_as_recorded_and_
     (release / "metadata.json").write_text("{}")
     prepare_data("fake", raw, release, scripts=scripts)
     assert "built outside this runner: its origin is not checked" in capsys.readouterr().out
+
+
+def test_atomic_writes_never_replace_each_other_and_clean_up_after_killed_writers(tmp_path):
+    from i2m2kit.io import atomic_path
+
+    target = tmp_path / "result"
+    with pytest.raises(FileExistsError, match="written by another run meanwhile"):
+        with atomic_path(target) as tmp:
+            tmp.mkdir()
+            target.mkdir()  # another run finished first
+            (target / "theirs").write_text("kept")
+    assert [p.name for p in target.iterdir()] == ["theirs"]
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f".other.tmp-{dead.pid}-x").mkdir()  # a writer killed with SIGKILL left this
+    (tmp_path / f".other.tmp-{os.getpid()}-y").mkdir()  # a writer still alive (this one)
+    with atomic_path(tmp_path / "other") as tmp:
+        tmp.write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".other.tmp-{os.getpid()}-y", "other", "result"]
