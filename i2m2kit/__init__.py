@@ -10,6 +10,7 @@ from .metrics import evaluate_probs, expected_calibration_error, vqa_score
 from .simulate import SelectionBatch, SelectionModel
 from .train import (REGIMES, FitResult, Predictions, TensorData, compare_across_seeds, compare_models,
                     evaluate, evaluate_missing, evaluate_noised, fit, predict, resolve_device)
+from .weights import weigh_experts
 
 __version__ = "0.1.0"
 
@@ -17,5 +18,5 @@ __all__ = [
     "DependencyReport", "dependency_report", "HEADS", "I2M2", "Expert", "Output", "evaluate_probs", "expected_calibration_error",
     "vqa_score", "SelectionBatch", "SelectionModel", "REGIMES", "FitResult", "Predictions",
     "TensorData", "compare_across_seeds", "compare_models", "evaluate", "evaluate_missing", "evaluate_noised", "fit",
-    "predict", "resolve_device",
+    "predict", "resolve_device", "weigh_experts",
 ]

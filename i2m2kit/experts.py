@@ -97,6 +97,13 @@ class Expert(nn.Module):
             )
         self.net = net
         self.reads = reads
+        # The expert's exponent in the product, p(y|x) ~ prod_e p_e(y|x)^weight_e: 1 as published;
+        # ``weigh_experts`` fits it on validation. A buffer: saved and moved, never trained.
+        self.register_buffer("weight", torch.ones(()))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.setdefault(prefix + "weight", torch.ones(()))  # a state dict from before expert weights
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def is_inter(self) -> bool:
@@ -105,7 +112,8 @@ class Expert(nn.Module):
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         try:
-            return self.net(*(inputs[m] for m in self.reads))
+            z = self.net(*(inputs[m] for m in self.reads))
+            return z * self.weight.to(z.dtype)  # times 1 is exact: the published sum is unchanged
         except torch.cuda.OutOfMemoryError:
             raise
         except (RuntimeError, TypeError) as e:  # a shape, dtype or type mismatch deep in the network

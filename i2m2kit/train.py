@@ -524,6 +524,7 @@ def compare_models(
     trained: dict[str, I2M2] | None = None,
     fit_results: dict[str, FitResult] | None = None,
     per_model: dict[str, dict[str, Any]] | None = None,
+    weigh: bool = False,
     **fit_kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Train every model the paper compares and score each on ``test``.
@@ -537,7 +538,9 @@ def compare_models(
     ``trained`` dict is given, the trained models are put in it by name, and if a
     ``fit_results`` dict is given, each model's ``FitResult``. ``per_model`` maps a
     model's name to ``fit`` arguments that replace the shared ones for it (a published recipe
-    may train each model at its own learning rate).
+    may train each model at its own learning rate). ``weigh``: one more row, ``"i2m2
+    (weighted)"``: the experts as trained alone (in the uni-modal and inter models, so no
+    more training) in a product whose exponents are fitted on ``valid`` (``weights.py``).
     """
     views = build_model().baselines()  # which models there are, and how many experts each has
     names = list(names) if names is not None else list(views)
@@ -551,7 +554,7 @@ def compare_models(
     if staged:  # single-expert models first: they are the pretraining of the others
         order = sorted(names, key=lambda name: len(views[name].experts) > 1)
     pretrained: dict[str, tuple[I2M2, float]] = {}  # expert name -> (its trained model, seconds)
-    rows = {}
+    rows, models = {}, {}
     for name in tqdm(order, desc="models", disable=not progress):
         torch.manual_seed(seed)
         model = build_model().baselines()[name]
@@ -575,12 +578,32 @@ def compare_models(
         seconds += time.perf_counter() - started
         if staged and len(model.experts) == 1:
             pretrained[next(iter(model.experts))] = (model, seconds)
-        if trained is not None:
-            trained[name] = model
+        models[name] = model
         if fit_results is not None:  # each run's history (and its wall time per epoch)
             fit_results[name] = result
         rows[name] = {"model": name, **evaluate(model, test, device=device, name="test"),
                       "best_epoch": result.best_epoch, "train_seconds": seconds}
+    if trained is not None:
+        trained.update(models)
+    if weigh:
+        from .weights import weighted_from_experts
+
+        # each expert from the smallest trained model holding it: the experts trained alone
+        holders = {e: min((n for n in models if e in models[n].experts), key=lambda n: len(models[n].experts))
+                   for e in views["i2m2"].experts if any(e in m.experts for m in models.values())}
+        if set(holders) != set(views["i2m2"].experts) or any(len(models[n].experts) == len(views["i2m2"].experts)
+                                                           for n in holders.values()):
+            raise ValueError("weigh=True weighs the experts as trained alone: names must include the "
+                             f"uni-modal and inter models (got {names})")
+        torch.manual_seed(seed)
+        model, weights = weighted_from_experts(build_model, {e: models[n] for e, n in holders.items()}, valid,
+                                               device=device)
+        if trained is not None:
+            trained["i2m2 (weighted)"] = model
+        rows["i2m2 (weighted)"] = {"model": "i2m2 (weighted)", **evaluate(model, test, device=device, name="test"),
+                                   "best_epoch": None, "weights": weights,
+                                   "train_seconds": sum(rows[n]["train_seconds"] for n in set(holders.values()))}
+        names = [*names, "i2m2 (weighted)"]
     return [rows[name] for name in names]
 
 
