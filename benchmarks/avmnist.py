@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed rounds of epochs (after a warm-up round)")
     parser.add_argument("--out", help="also write the accuracy rows to this JSON file")
     parser.add_argument("--skip-timing", action="store_true", help="only the comparison of the five models")
+    parser.add_argument("--weigh", action="store_true", help="also the weighted I2M2 (experts trained alone, weighed on validation)")
     args = parser.parse_args()
     device = ik.resolve_device(args.device)
     learning_rates = {}
@@ -86,7 +87,7 @@ def main() -> None:
         started = time.perf_counter()
         for seed in args.seeds:
             rows = ik.compare_models(build, data["train"], data["valid"], data["test"], seed=seed, names=args.models,
-                                     **recipe)
+                                     weigh=args.weigh, **recipe)
             runs += [(regime, seed, r["model"], 100 * r["accuracy"], r["best_epoch"]) for r in rows]
             # the epoch that validation selected: one near the last says more epochs would still help
             print(f"{regime}, seed {seed}: " + ", ".join(f"{r['model']} {100 * r['accuracy']:.2f} (epoch {r['best_epoch']})"

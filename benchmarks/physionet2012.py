@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--repeats", type=int, default=2, help="timed rounds of epochs (after a warm-up round)")
     parser.add_argument("--json", help="also write every row to this JSON file")
+    parser.add_argument("--weigh", action="store_true", help="also the weighted I2M2 (experts trained alone, weighed on validation)")
     args = parser.parse_args()
     device = ik.resolve_device(args.device)
     prepare_data("physionet2012", args.raw, args.data)
@@ -61,7 +62,7 @@ def main() -> None:
     for regime in args.regimes:
         started = time.perf_counter()
         _, trained = ik.compare_across_seeds(pn.build_model, data["train"], data["valid"], data["test"], args.seeds,
-                                             **{**pn.recipe(args.epochs, regime), "device": device})
+                                             **{**pn.recipe(args.epochs, regime), "device": device}, weigh=args.weigh)
         for name in trained[0]:
             rows.append({"regime": regime, "model": name, "runs": len(trained),
                          **pn.clinical_over_seeds([t[name] for t in trained], data["valid"], data["test"], device)})

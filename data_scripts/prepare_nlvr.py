@@ -243,6 +243,18 @@ def read_examples(path: Path) -> Iterator[dict]:
                "line": number}
 
 
+def check_disjoint(splits: dict[str, list[dict]], files: dict[str, Path]) -> None:
+    """Refuse an identifier in two splits: model selection or training would see test examples
+    (a repeat within one file is refused by ``checked_lines``)."""
+    first: dict[str, tuple[str, int]] = {}  # identifier -> (split, line) where first seen
+    for split, examples in splits.items():
+        for x in examples:
+            seen = first.setdefault(x["identifier"], (split, x["line"]))
+            if seen[0] != split:
+                raise PrepareError(f"{files[split].name} line {x['line']}: identifier {x['identifier']!r} is also in "
+                                   f"{files[seen[0]].name} line {seen[1]} (one example in two splits)")
+
+
 def split_file(raw: Path, split: str) -> Path:
     for name in SPLITS[split]:
         if (raw / name).is_file():
@@ -314,6 +326,7 @@ def prepare(raw: str | Path, out: str | Path, downsample_factor: int = 2, check_
         splits[split] = list(read_examples(source))
         if not splits[split]:
             raise PrepareError(f"{source.name}: no examples")
+    check_disjoint(splits, files)
     height, width = HEIGHT // downsample_factor, WIDTH // downsample_factor
     # before the work: the pictures, the .jsonl files (smaller than their .json) and metadata.json
     need = sum(map(len, splits.values())) * height * width * 3 + sum(f.stat().st_size for f in files.values())
@@ -450,6 +463,7 @@ def prepare_nlvr2(raw: Path, out: Path, images: str | Path | None = None, image_
         splits[split] = read_nlvr2_examples(source)
         if not splits[split]:
             raise PrepareError(f"{source.name}: no examples")
+    check_disjoint(splits, files)
     index = index_images(images)
 
     skipped = {}

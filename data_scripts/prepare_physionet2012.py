@@ -228,8 +228,12 @@ def record_files(raw: Path, set_name: str) -> tuple[list[tuple[str, bytes]], str
     if folder.is_dir():
         files, path = [], folder
         try:  # an unreadable folder (listed first) or record is named
-            names = sorted(p for p in folder.iterdir() if p.suffix == ".txt" and p.is_file() and not p.name.startswith("."))
+            names = sorted(p for p in folder.iterdir() if p.suffix == ".txt" and not p.name.startswith("."))
             for path in names:
+                if not path.is_file():  # skipped, its stay would vanish (or its outcome be blamed): named
+                    what = "a broken symbolic link" if path.is_symlink() and not path.exists() else (
+                        "a folder" if path.is_dir() else "not a regular file")
+                    raise PrepareError(f"{path}: named like a record, but {what}")
                 files.append((str(path), path.read_bytes()))
         except OSError as e:
             raise PrepareError(f"{path}: cannot read it ({e.strerror or e})") from None

@@ -11,6 +11,7 @@ checkpoint is refused before training.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -198,3 +199,38 @@ def save_final(model: torch.nn.Module, state: dict, directory: Path) -> None:
     state["model_sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()
     save_atomic(state, directory / "last.pt")
     _write_atomic(directory / "model.pt", lambda tmp: tmp.write_bytes(buffer.getvalue()))
+
+
+def run_lock(directory: Path):
+    """Held by a fit for its whole run: a second fit into ``directory`` is refused at once
+    (the lock file is beside the folder, which holds only fit's checkpoints)."""
+    from .io import exclusive_lock
+
+    directory = Path(directory)
+    parent, name = directory.absolute().parent, f".{directory.name}.fit.lock"
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        open(parent / name, "a").close()
+    except OSError:  # a location that cannot be written: prepare_checkpoint_dir says why, in its words
+        return contextlib.nullcontext()
+    return exclusive_lock(parent, name, "another fit", "pass another checkpoint_dir")
+
+
+def data_identity(data) -> dict[str, Any] | None:
+    """What a resumed run must train on again: the number of examples and, for in-memory data,
+    a digest of the targets and of the first examples' inputs (cheap, and enough to tell
+    another data set from this one)."""
+    if data is None:
+        return None
+    try:
+        n = len(data)
+    except TypeError:
+        return {"examples": None}
+    identity: dict[str, Any] = {"examples": n}
+    inputs, targets = getattr(data, "inputs", None), getattr(data, "targets", None)
+    if isinstance(inputs, dict) and isinstance(targets, torch.Tensor):
+        digest = hashlib.sha256(targets.detach().cpu().contiguous().numpy().tobytes())
+        for name in sorted(inputs):
+            digest.update(inputs[name][:64].detach().cpu().contiguous().numpy().tobytes())
+        identity["sha256"] = digest.hexdigest()
+    return identity

@@ -61,8 +61,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: no notebooks to run in {args.notebooks}", file=sys.stderr)
         return 2
     parameters = {name: _literal(value) for name, value in args.parameter}
+    if "output_dir" in parameters:  # each notebook's folder is <--out>/<its name>, so that the summary describes it
+        print("error: -p output_dir: the main job sets each notebook's output_dir under --out; pass --out instead",
+              file=sys.stderr)
+        return 2
     # -p applies to every notebook that declares the parameter; one that none declares is a typo
-    declared = {nb: set(papermill.inspect_notebook(str(nb))) for nb in chosen}
+    declared, unreadable = {}, {}
+    for nb in chosen:
+        try:
+            declared[nb] = set(papermill.inspect_notebook(str(nb)))
+        except Exception as e:  # an empty or corrupt .ipynb: said, and the others still run
+            unreadable[nb.stem] = {"failed": f"{nb}: not a readable notebook ({_one_line(e)})"}
+            print(f"  FAILED: {unreadable[nb.stem]['failed']}", flush=True)
+    chosen = [nb for nb in chosen if nb in declared]
     unknown = sorted(set(parameters) - set().union(*declared.values()))
     if unknown:
         print(f"error: no notebook here takes the parameter{'s' * (len(unknown) > 1)} {', '.join(unknown)}",
@@ -71,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
     try:  # an output folder that cannot be written, or one another run writes, is said now
         check_writable(args.out)
         with output_lock(args.out):
-            status = {nb.stem: run_one(nb, args, {k: v for k, v in parameters.items() if k in declared[nb]})
-                      for nb in chosen}
+            status = {**unreadable, **{nb.stem: run_one(nb, args, {k: v for k, v in parameters.items()
+                                                                   if k in declared[nb]}) for nb in chosen}}
             summary = results_on_disk(notebooks, args.out, status)
             write_json_atomic(summary, Path(args.out) / "summary.json")
             print(f"\nnumbers of every notebook: {Path(args.out) / 'summary.json'}")
@@ -144,6 +155,7 @@ def _literal(text: str):
 
 def compare(args: argparse.Namespace) -> int:
     """The five models on selection-variable data, next to the Bayes limit, as a table."""
+    from .io import check_writable
     from .runner import check_parameter
     from .simulate import SelectionModel
     from .tasks import synthetic
@@ -155,7 +167,10 @@ def compare(args: argparse.Namespace) -> int:
         for name in ("n_train", "n_valid", "n_test", "epochs", "patience", "batch_size", "hidden"):
             check_parameter(f"--{name.replace('_', '-')}", getattr(args, name), kind=int, low=1)
         resolve_device(args.device)
-    except ValueError as e:
+        check_writable(args.out)  # now, not after the training
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise ValueError(f"{args.out}: is a file; --out names the folder for the results")
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     batches = {"train": sim.sample(args.n_train), "valid": sim.sample(args.n_valid), "test": sim.sample(args.n_test)}
@@ -213,4 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    return {"doctor": lambda a: doctor(), "run": run, "compare": compare}[args.command](args)
+    try:
+        return {"doctor": lambda a: doctor(), "run": run, "compare": compare}[args.command](args)
+    except KeyboardInterrupt:  # Ctrl-C: one line; every output was written atomically, the earlier ones stand
+        print("interrupted: nothing half-written is left; earlier results are as they were", file=sys.stderr)
+        return 130

@@ -32,6 +32,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     An existing ``path`` is replaced only at the very end; on error nothing changes.
     """
     path = Path(path)
+    if path.is_symlink() and path.exists():  # write where the link points (a bigger disk, say), keep the link
+        path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(path)
     # the process id in the name tells a later run whether the writer is still alive
@@ -49,6 +51,33 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def exclusive_lock(folder: str | os.PathLike, name: str, holder: str, instead: str) -> Iterator[None]:
+    """Hold the lock file ``folder/name`` for a block: a second writer of ``folder`` is refused
+    at once, naming the process that holds it (the system releases the lock when a process
+    dies, however it dies). ``holder`` says who writes there, ``instead`` what to do."""
+    import fcntl
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    file = Path(folder) / name
+    with open(file, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            pid = lock.read().strip() or "unknown"
+            raise RuntimeError(f"{folder}: {holder} (pid {pid}) is writing here; wait for it to finish "
+                               f"or {instead}") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.truncate(0)  # the file stays (removing it would let two writers lock two files)
 
 
 def remove_leftovers(path: str | os.PathLike) -> list[Path]:

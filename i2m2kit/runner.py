@@ -12,7 +12,6 @@ when the folder is not there.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -20,7 +19,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from .io import atomic_path
 
@@ -196,7 +195,8 @@ def run_notebook(notebook: str | os.PathLike, out: str | os.PathLike = "outputs"
         os.replace(metrics, earlier)
     stage = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".stage-{os.getpid()}-"))
     try:
-        with tempfile.TemporaryDirectory(prefix="i2m2kit-kernel-") as sockets:
+        remove_kernel_leftovers()
+        with tempfile.TemporaryDirectory(prefix=f"i2m2kit-kernel-{os.getpid()}-") as sockets:
             papermill.execute_notebook(
                 str(notebook), str(stage / notebook.name), parameters=parameters,
                 kernel_name=kernel_name, progress_bar=progress, store_widget_state=False,
@@ -218,6 +218,16 @@ def run_notebook(notebook: str | os.PathLike, out: str | os.PathLike = "outputs"
     shutil.rmtree(stage, ignore_errors=True)
     return {"notebook": str(executed), "html": str(html),
             "metrics": json.loads(metrics.read_text()) if metrics.exists() else {}}
+
+
+def remove_kernel_leftovers() -> None:
+    """The kernel socket folders of runs that were killed (nothing removed them)."""
+    from .io import process_alive
+
+    for folder in Path(tempfile.gettempdir()).glob("i2m2kit-kernel-*-*"):
+        pid = folder.name.split("-")[2]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def recover_results(run_dir: str | os.PathLike) -> list[str]:
@@ -242,29 +252,12 @@ def recover_results(run_dir: str | os.PathLike) -> list[str]:
     return said
 
 
-@contextlib.contextmanager
-def output_lock(out: str | os.PathLike) -> Iterator[None]:
+def output_lock(out: str | os.PathLike):
     """Hold ``<out>/.i2m2kit-run.lock`` for a run: a second run into the same folder is refused
     at once (the operating system releases the lock when a run dies, however it dies)."""
-    import fcntl
+    from .io import exclusive_lock
 
-    Path(out).mkdir(parents=True, exist_ok=True)
-    with open(Path(out) / ".i2m2kit-run.lock", "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "another process"
-            raise RuntimeError(f"{out}: another i2m2kit run (pid {holder}) is writing here; wait for it to "
-                               f"finish or pass another --out") from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(str(os.getpid()))
-        lock.flush()
-        try:
-            yield
-        finally:
-            lock.truncate(0)
+    return exclusive_lock(out, ".i2m2kit-run.lock", "another i2m2kit run", "pass another --out")
 
 
 def repository_root() -> Path:
@@ -308,8 +301,12 @@ def prepare_data(benchmark: str, raw: str | os.PathLike | None, out: str | os.Pa
                 "script_sha256": hashlib.sha256(script.read_bytes()).hexdigest() if script.is_file() else None}
     have_raw = raw is not None and Path(raw).exists()
     if (out / "metadata.json").exists():
-        meta = json.loads((out / "metadata.json").read_text())
-        stored = meta.get("fingerprint")
+        try:
+            meta = json.loads((out / "metadata.json").read_text())
+            stored = meta.get("fingerprint")
+        except (ValueError, OSError, AttributeError) as e:  # empty, truncated, not an object
+            raise ValueError(f"{out / 'metadata.json'}: not a readable metadata file ({e}); delete {out} "
+                             f"to rebuild it") from None
         if stored is None:
             print(f"using the prepared data in {out} as given (built outside this runner: its origin is not checked)")
             return out

@@ -22,6 +22,7 @@ version): a checkpoint of another run is refused, not resumed into something els
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import numbers
 import os
@@ -330,8 +331,13 @@ def fit(
             unreadable one, is refused in one line saying what differs. Without ``last.pt``
             training starts afresh.
     """
+    for name, value in (("epochs", epochs), ("seed", seed), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # 2.5 epochs, seed "0"...
+            raise TypeError(f"{name} must be a whole number, got {value!r}")
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if loss_weight is not None and not (torch.isfinite(loss_weight).all() and (loss_weight >= 0).all()):
+        raise ValueError(f"loss_weight must hold finite, non-negative weights, got {loss_weight.tolist()}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if patience is not None and valid is None:
@@ -352,139 +358,144 @@ def fit(
     distributed.init_from_env()  # under torchrun: join the process group
     device = distributed.device_for_rank(resolve_device(device))
     main = distributed.is_main()  # checkpoints and progress bars from rank 0 only
-    directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    state = None
-    if directory is not None:
-        fingerprint = checkpoints.run_fingerprint(
-            model, phases, regime=regime, epochs=epochs, batch_size=batch_size,
-            pretrain_epochs=phases[0].epochs if regime == "pretrain_finetune" else None,
-            optimizer=checkpoints.optimizer_settings(make_optimizer), clip_grad_norm=clip_grad_norm, seed=seed,
-            monitor=monitor, patience=patience, restore_best=restore_best, head=model.head,
-            loss_weight=None if loss_weight is None else loss_weight.tolist())
-        state = checkpoints.prepare_checkpoint_dir(directory, resume, fingerprint, checkpoints.checkpoint_bytes(model))
+    if checkpoint_dir is not None and not str(checkpoint_dir).strip():  # "" would be the working folder
+        raise ValueError("checkpoint_dir is an empty path; name a folder (or None for no checkpoints)")
+    directory = Path(checkpoint_dir).expanduser() if checkpoint_dir is not None else None
+    # a second fit writing the same checkpoints would overwrite this one's: refused at once
+    with checkpoints.run_lock(directory) if directory is not None and main else contextlib.nullcontext():
+        state = None
+        if directory is not None:
+            fingerprint = checkpoints.run_fingerprint(
+                model, phases, regime=regime, epochs=epochs, batch_size=batch_size,
+                pretrain_epochs=phases[0].epochs if regime == "pretrain_finetune" else None,
+                optimizer=checkpoints.optimizer_settings(make_optimizer), clip_grad_norm=clip_grad_norm, seed=seed,
+                monitor=monitor, patience=patience, restore_best=restore_best, head=model.head,
+                loss_weight=None if loss_weight is None else loss_weight.tolist(), amp=amp,
+            train=checkpoints.data_identity(train), valid=checkpoints.data_identity(valid))
+            state = checkpoints.prepare_checkpoint_dir(directory, resume, fingerprint, checkpoints.checkpoint_bytes(model))
 
-    model.to(device)
-    if regime == "frozen_backbone":
-        model.backbone.requires_grad_(False)
-    weight = None if loss_weight is None else loss_weight.to(device)
-    use_fp16 = amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+        model.to(device)
+        if regime == "frozen_backbone":
+            model.backbone.requires_grad_(False)
+        weight = None if loss_weight is None else loss_weight.to(device)
+        use_fp16 = amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
 
-    result = FitResult()
-    start_phase, start_epoch, started = 0, 0, time.perf_counter()
-    if state is not None:
-        model.load_state_dict(state["model"])
-        result = FitResult(list(state["history"]), dict(state["best_metrics"]), state["best_epoch"])
-        start_phase, start_epoch = state["phase"], state["epoch"]
-        torch.set_rng_state(state["rng"])
-        if device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-    else:
-        torch.manual_seed(seed)
+        result = FitResult()
+        start_phase, start_epoch, started = 0, 0, time.perf_counter()
+        if state is not None:
+            model.load_state_dict(state["model"])
+            result = FitResult(list(state["history"]), dict(state["best_metrics"]), state["best_epoch"])
+            start_phase, start_epoch = state["phase"], state["epoch"]
+            torch.set_rng_state(state["rng"])
+            if device.type == "cuda" and state.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+        else:
+            torch.manual_seed(seed)
 
-    for phase_index, phase in enumerate(phases):
-        if phase_index < start_phase:
-            continue
-        net = phase.model
-        params = [p for p in net.parameters() if p.requires_grad]
-        # DDP averages the gradients of the ranks during backward
-        forward = net
-        if distributed.active():
-            ids = [device.index] if device.type == "cuda" else None
-            forward = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
-        opt = make_optimizer(params)
-        scaler = torch.amp.GradScaler(device.type, enabled=use_fp16)
-        selection = Selection(monitor)
-        first_epoch = 0
-        if state is not None and phase_index == start_phase:
-            first_epoch = start_epoch
-            if state["optimizer"] is not None:
-                opt.load_state_dict(state["optimizer"])
-                scaler.load_state_dict(state["scaler"])
-            selection = Selection(monitor, **state["selection"])
+        for phase_index, phase in enumerate(phases):
+            if phase_index < start_phase:
+                continue
+            net = phase.model
+            params = [p for p in net.parameters() if p.requires_grad]
+            # DDP averages the gradients of the ranks during backward
+            forward = net
+            if distributed.active():
+                ids = [device.index] if device.type == "cuda" else None
+                forward = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+            opt = make_optimizer(params)
+            scaler = torch.amp.GradScaler(device.type, enabled=use_fp16)
+            selection = Selection(monitor)
+            first_epoch = 0
+            if state is not None and phase_index == start_phase:
+                first_epoch = start_epoch
+                if state["optimizer"] is not None:
+                    opt.load_state_dict(state["optimizer"])
+                    scaler.load_state_dict(state["scaler"])
+                selection = Selection(monitor, **state["selection"])
 
-        def validate(epoch: int, row: dict[str, Any]) -> None:
-            metrics = evaluate(net, valid, device=device, loss_weight=weight, amp=amp, name="valid", strict=True)
-            if monitor not in metrics:
-                raise KeyError(f"monitor={monitor!r} is not a validation metric here; "
-                               f"choose one of {sorted(metrics)}")
-            row.update({f"valid_{k}": v for k, v in metrics.items()})
-            if selection.update(metrics[monitor], epoch, model):
-                result.best, result.best_epoch = metrics, epoch
-            result.history.append(row)
-            result.elapsed.append(trained_until)
-
-        trained_until = time.perf_counter() - started
-        if phase.start_is_candidate and valid is not None and first_epoch == 0:
-            # fine-tuning can only make pretrained experts worse on validation: keep that option
-            validate(0, {"phase": phase.name, "epoch": 0, "train_loss": None})
-
-        epoch_bar = tqdm(range(first_epoch, phase.epochs), desc=phase.name, disable=not progress or not main,
-                         initial=first_epoch, total=phase.epochs)
-        for epoch in epoch_bar:
-            if patience is not None and selection.bad_epochs >= patience:
-                break
-            generator = torch.Generator().manual_seed(seed * 1_000_003 + phase_index * 10_007 + epoch)
-            loader = make_loader(train, batch_size, shuffle=True, generator=generator)
-            net.train()
-            if regime == "frozen_backbone":
-                net.backbone.eval()
-            total, count = 0.0, 0
-            for step, (inputs, target) in enumerate(tqdm(loader, desc=f"epoch {epoch + 1}", leave=False,
-                                                         disable=not progress or not main)):
-                target = target.to(device, non_blocking=True)
-                with _autocast(device, amp):
-                    try:  # a modality missing from a batch would drop its experts in silence
-                        out = forward(_to(inputs, device), strict=True)
-                    except MissingModalityError as e:
-                        raise MissingModalityError(f"train set: {e}") from None
-                loss = net.loss(out.logits.float(), target, weight)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"training loss became {loss.item()} in phase {phase.name!r}, epoch "
-                        f"{epoch + 1}, step {step + 1}: check the inputs for NaN/inf or lower the learning rate"
-                    )
-                opt.zero_grad(set_to_none=True)
-                if distributed.active():  # this rank's share of the global batch's mean loss
-                    global_size = min(batch_size, len(train) - step * batch_size)
-                    scaler.scale(loss * distributed.loss_scale(len(target), global_size)).backward()
-                else:
-                    scaler.scale(loss).backward()
-                if clip_grad_norm is not None:
-                    scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
-                scaler.step(opt)
-                scaler.update()
-                total += loss.item() * len(target)
-                count += len(target)
-
-            total, count = distributed.sum_over_ranks([total, count])
-            if count == 0:  # an iterable data set that gave nothing: else a division by zero
-                raise ValueError(f"train holds no examples (its loader gave no batch in phase {phase.name!r}, "
-                                 f"epoch {epoch + 1})")
-            trained_until = time.perf_counter() - started
-            row: dict[str, Any] = {"phase": phase.name, "epoch": epoch + 1, "train_loss": total / count}
-            if valid is not None:
-                validate(epoch + 1, row)
-                epoch_bar.set_postfix(train_loss=f"{row['train_loss']:.4f}",
-                                      **{monitor: f"{row['valid_' + monitor]:.4f}"})
-            else:
-                result.best_epoch = epoch + 1
+            def validate(epoch: int, row: dict[str, Any]) -> None:
+                metrics = evaluate(net, valid, device=device, loss_weight=weight, amp=amp, name="valid", strict=True)
+                if monitor not in metrics:
+                    raise KeyError(f"monitor={monitor!r} is not a validation metric here; "
+                                   f"choose one of {sorted(metrics)}")
+                row.update({f"valid_{k}": v for k, v in metrics.items()})
+                if selection.update(metrics[monitor], epoch, model):
+                    result.best, result.best_epoch = metrics, epoch
                 result.history.append(row)
                 result.elapsed.append(trained_until)
-            if directory is not None and main:
-                checkpoints.save_atomic(checkpoints.checkpoint(model, opt, scaler, phase_index, epoch + 1, result, selection, device,
-                                        fingerprint), directory / "last.pt")
 
-        if restore_best and selection.best_state is not None:
-            model.load_state_dict(selection.best_state)
-        if directory is not None and main and phase_index < len(phases) - 1:  # the next phase starts from here
-            checkpoints.save_atomic(checkpoints.checkpoint(model, None, None, phase_index + 1, 0, result,
-                                                           Selection(monitor), device, fingerprint), directory / "last.pt")
-    if directory is not None and main:
-        checkpoints.save_final(model, checkpoints.checkpoint(model, None, None, len(phases), 0, result,
-                                                             Selection(monitor), device, fingerprint), directory)
-    distributed.barrier()  # every rank returns once the files are written
-    return result
+            trained_until = time.perf_counter() - started
+            if phase.start_is_candidate and valid is not None and first_epoch == 0:
+                # fine-tuning can only make pretrained experts worse on validation: keep that option
+                validate(0, {"phase": phase.name, "epoch": 0, "train_loss": None})
+
+            epoch_bar = tqdm(range(first_epoch, phase.epochs), desc=phase.name, disable=not progress or not main,
+                             initial=first_epoch, total=phase.epochs)
+            for epoch in epoch_bar:
+                if patience is not None and selection.bad_epochs >= patience:
+                    break
+                generator = torch.Generator().manual_seed(seed * 1_000_003 + phase_index * 10_007 + epoch)
+                loader = make_loader(train, batch_size, shuffle=True, generator=generator)
+                net.train()
+                if regime == "frozen_backbone":
+                    net.backbone.eval()
+                total, count = 0.0, 0
+                for step, (inputs, target) in enumerate(tqdm(loader, desc=f"epoch {epoch + 1}", leave=False,
+                                                             disable=not progress or not main)):
+                    target = target.to(device, non_blocking=True)
+                    with _autocast(device, amp):
+                        try:  # a modality missing from a batch would drop its experts in silence
+                            out = forward(_to(inputs, device), strict=True)
+                        except MissingModalityError as e:
+                            raise MissingModalityError(f"train set: {e}") from None
+                    loss = net.loss(out.logits.float(), target, weight)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"training loss became {loss.item()} in phase {phase.name!r}, epoch "
+                            f"{epoch + 1}, step {step + 1}: check the inputs for NaN/inf or lower the learning rate"
+                        )
+                    opt.zero_grad(set_to_none=True)
+                    if distributed.active():  # this rank's share of the global batch's mean loss
+                        global_size = min(batch_size, len(train) - step * batch_size)
+                        scaler.scale(loss * distributed.loss_scale(len(target), global_size)).backward()
+                    else:
+                        scaler.scale(loss).backward()
+                    if clip_grad_norm is not None:
+                        scaler.unscale_(opt)
+                        torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+                    scaler.step(opt)
+                    scaler.update()
+                    total += loss.item() * len(target)
+                    count += len(target)
+
+                total, count = distributed.sum_over_ranks([total, count])
+                if count == 0:  # an iterable data set that gave nothing: else a division by zero
+                    raise ValueError(f"train holds no examples (its loader gave no batch in phase {phase.name!r}, "
+                                     f"epoch {epoch + 1})")
+                trained_until = time.perf_counter() - started
+                row: dict[str, Any] = {"phase": phase.name, "epoch": epoch + 1, "train_loss": total / count}
+                if valid is not None:
+                    validate(epoch + 1, row)
+                    epoch_bar.set_postfix(train_loss=f"{row['train_loss']:.4f}",
+                                          **{monitor: f"{row['valid_' + monitor]:.4f}"})
+                else:
+                    result.best_epoch = epoch + 1
+                    result.history.append(row)
+                    result.elapsed.append(trained_until)
+                if directory is not None and main:
+                    checkpoints.save_atomic(checkpoints.checkpoint(model, opt, scaler, phase_index, epoch + 1, result, selection, device,
+                                            fingerprint), directory / "last.pt")
+
+            if restore_best and selection.best_state is not None:
+                model.load_state_dict(selection.best_state)
+            if directory is not None and main and phase_index < len(phases) - 1:  # the next phase starts from here
+                checkpoints.save_atomic(checkpoints.checkpoint(model, None, None, phase_index + 1, 0, result,
+                                                               Selection(monitor), device, fingerprint), directory / "last.pt")
+        if directory is not None and main:
+            checkpoints.save_final(model, checkpoints.checkpoint(model, None, None, len(phases), 0, result,
+                                                                 Selection(monitor), device, fingerprint), directory)
+        distributed.barrier()  # every rank returns once the files are written
+        return result
 
 
 @dataclass

@@ -195,4 +195,4 @@ def test_kernels_talk_over_ipc_so_the_console_has_no_tcp_warning(tmp_path):
     assert "without encryption" not in proc.stderr + proc.stdout
     out = nbformat.read(tmp_path / "out" / "transport" / "transport.ipynb", as_version=4)
     assert out.cells[-1].outputs[0]["text"].strip() == "ipc"
-    assert {p.name for p in Path(tempfile.gettempdir()).glob("i2m2kit-kernel-*")} == before
+    assert not {p.name for p in Path(tempfile.gettempdir()).glob("i2m2kit-kernel-*")} - before  # none left

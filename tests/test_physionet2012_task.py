@@ -131,3 +131,22 @@ def test_a_prepared_folder_of_another_format_is_refused(folder, tmp_path):
     (other / "metadata.json").write_text(json.dumps({**meta, "format_version": 99}))
     with pytest.raises(ValueError, match="format version 99"):
         pn.load(other)
+
+
+@pytest.mark.parametrize("cut", [0, 0.5, 0.9])  # empty (EOFError), truncated (BadZipFile) or the end lost
+def test_an_empty_or_truncated_set_file_is_one_line_naming_it(folder, tmp_path, cut):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    whole = (other / "set-a.npz").read_bytes()
+    (other / "set-a.npz").write_bytes(whole[: int(len(whole) * cut)])
+    with pytest.raises(ValueError, match=r"set-a.npz: not a readable .npz archive") as e:
+        pn.load(other)
+    assert "\n" not in str(e.value) and str(other / "set-a.npz") in str(e.value)
+
+
+@pytest.mark.parametrize("seed", [-1, 2 ** 32, 1.5, True])
+def test_a_bad_split_seed_is_named(folder, seed):
+    with pytest.raises(ValueError, match=r"^split_seed must be an integer in \[0, 2\*\*32 - 1\], got "):
+        pn.load(folder, split_seed=seed)

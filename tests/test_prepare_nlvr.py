@@ -134,6 +134,32 @@ def test_bad_line_stops_with_one_line_naming_file_line_and_field(prep, raw, tmp_
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
 
+@pytest.mark.parametrize("source, target, message", [
+    ("dev.json", "test.json", "test.json line 2: identifier {id!r} is also in dev.json line 1"),  # valid = test
+    ("test.json", "train_partial.json", "test.json line 1: identifier {id!r} is also in train_partial.json line 2"),
+])
+def test_an_example_in_two_splits_is_refused_naming_both_files_and_lines(prep, raw, tmp_path, capsys, source, target,
+                                                                        message):
+    folder = small_raw(raw, tmp_path / "raw", n=1, with_images=False)
+    first = (folder / source).read_text()
+    with open(folder / target, "a") as f:  # the first example of one split appended to another
+        f.write(first)
+    assert prep.main(["--raw", str(folder), "--out", str(tmp_path / "out"), "--no-image-check", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {message.format(id=json.loads(first)['identifier'])} (one example in two splits)\n", err
+    assert not (tmp_path / "out").exists()
+
+
+def test_nlvr2_example_in_two_splits_is_refused(prep, shared_data, tmp_path):
+    root, _ = make_nlvr2(shared_data, tmp_path / "raw", n=2, n_train=2)
+    first = (root / "dev.json").read_text().splitlines()[0]
+    with open(root / "test1.json", "a") as f:
+        f.write(first + "\n")
+    with pytest.raises(prep.PrepareError, match=rf"^test1.json line 3: identifier '{json.loads(first)['identifier']}' "
+                                                 r"is also in dev.json line 1"):
+        prep.prepare(root, tmp_path / "out", image_size=4, progress=False)
+
+
 def test_missing_published_image_is_named(prep, raw, tmp_path):
     folder = small_raw(raw, tmp_path / "raw", n=2)
     extra = lines(raw / "dev.json")[5]  # its PNG is not in the small archive

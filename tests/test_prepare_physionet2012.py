@@ -369,6 +369,20 @@ def test_an_unreadable_record_folder_or_outcomes_file_is_named(prep, texts, sour
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("kind, what", [("broken link", "a broken symbolic link"), ("folder", "a folder")])
+@pytest.mark.parametrize("name", ["132540.txt", "999999.txt"])  # replacing a record, or an extra one
+def test_an_entry_named_like_a_record_that_is_not_a_file_is_named(prep, texts, source, tmp_path, capsys, kind, what,
+                                                                  name):
+    raw = small_raw(texts, source, tmp_path / "raw")
+    entry = raw / "set-a" / name
+    entry.unlink(missing_ok=True)
+    entry.symlink_to(raw / "nowhere.txt") if kind == "broken link" else entry.mkdir()
+    (raw / "set-a" / ".hidden.txt").mkdir()  # dotfiles stay ignored
+    assert prep.main(["--raw", str(raw), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"error: {entry}: named like a record, but {what}\n"
+    assert not (tmp_path / "out").exists()
+
+
 def test_what_no_record_measures_is_said_in_a_warning_and_the_metadata(built, prep, texts, source, tmp_path, capsys):
     # set A as published: three records hold their descriptors and nothing else
     assert built[1]["sets"]["a"]["imputed_throughout"] == {"variables_measured_in_no_record": [],

@@ -88,18 +88,26 @@ def test_a_second_run_into_the_same_folder_is_refused_at_once(tmp_path):
     assert main_job(notebooks, out).returncode == 0  # the lock went with its holder
 
 
-def test_a_killed_run_is_cleaned_up_by_the_next(tmp_path):
+def midway(tmp_path, value: str) -> tuple[Path, dict[str, bytes], subprocess.Popen]:
+    """A good run of one notebook, then a second one stopped inside its cells (it waits for a
+    file that never comes): the output folder, the good run's files, the waiting job."""
     notebooks, out = write_notebooks(tmp_path / "nb", names=("00_first",)), tmp_path / "out"
     assert main_job(notebooks, out).returncode == 0
     good = snapshot(out / "00_first")
     command = [sys.executable, "-m", "i2m2kit", "run", "--notebooks", str(notebooks), "--out", str(out),
-               "--no-progress", "-p", "value", "9", "-p", "wait_for", str(tmp_path / "never")]
-    job = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           start_new_session=True)
+               "--no-progress", "-p", "value", value, "-p", "wait_for", str(tmp_path / "never")]
+    job = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)  # its own group, to signal as a terminal would
     deadline = time.time() + 120
     while not list((out / "00_first").glob(".stage-*")) and time.time() < deadline:
         time.sleep(0.2)
     time.sleep(1)
+    return out, good, job
+
+
+def test_a_killed_run_is_cleaned_up_by_the_next(tmp_path):
+    out, good, job = midway(tmp_path, "9")
+    notebooks = tmp_path / "nb"
     os.killpg(job.pid, signal.SIGKILL)  # no clean-up runs: the kernel and the runner die at once
     job.wait()
     assert list((out / "00_first").glob(".stage-*")) and not (out / "00_first" / "metrics.json").exists()
@@ -204,3 +212,60 @@ def test_atomic_writes_never_replace_each_other_and_clean_up_after_killed_writer
     with atomic_path(tmp_path / "other") as tmp:
         tmp.write_text("new")
     assert sorted(p.name for p in tmp_path.iterdir()) == [f".other.tmp-{os.getpid()}-y", "other", "result"]
+
+
+def test_a_corrupt_notebook_is_one_failure_and_the_others_still_run(tmp_path):
+    notebooks, out = write_notebooks(tmp_path / "nb"), tmp_path / "out"
+    (notebooks / "02_broken.ipynb").write_text("{not json")
+    proc = main_job(notebooks, out)
+    assert proc.returncode == 1 and "1 notebook failed: 02_broken" in proc.stderr and "Traceback" not in proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert "not a readable notebook" in summary["02_broken"]["failed"]
+    assert summary["00_first"]["metrics"] == {"value": 1} == summary["01_second"]["metrics"]
+
+
+def test_the_main_job_sets_output_dir_itself(tmp_path):
+    proc = main_job(write_notebooks(tmp_path / "nb"), tmp_path / "out", "-p", "output_dir", str(tmp_path / "elsewhere"))
+    assert proc.returncode == 2 and "-p output_dir" in proc.stderr and "pass --out instead" in proc.stderr
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_ctrl_c_is_one_line_and_keeps_the_earlier_results(tmp_path):
+    out, good, job = midway(tmp_path, "5")
+    os.killpg(job.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole foreground group
+    _, err = job.communicate(timeout=120)
+    # the runner's own words: one line (the kernel, interrupted mid-cell, may still log its own)
+    assert job.returncode == 130 and "i2m2kit/cli.py" not in err and err.strip().splitlines()[-1].startswith("interrupted:")
+    kept = snapshot(out / "00_first")
+    kept.pop("00_first.failed.ipynb", None)
+    assert kept == good
+
+
+def test_a_compare_into_a_file_is_refused_before_training(tmp_path):
+    (tmp_path / "results").write_text("mine")
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "i2m2kit", "compare", "--out", str(tmp_path / "results"),
+                           "--no-progress"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "results" in proc.stderr
+    assert time.perf_counter() - started < 60 and (tmp_path / "results").read_text() == "mine"
+
+
+def test_an_atomic_write_through_a_link_writes_the_target_and_keeps_the_link(tmp_path):
+    from i2m2kit.io import atomic_path
+
+    (tmp_path / "big-disk").mkdir()
+    (tmp_path / "big-disk" / "old").write_text("old")
+    (tmp_path / "out").symlink_to(tmp_path / "big-disk")
+    with atomic_path(tmp_path / "out") as tmp:
+        tmp.mkdir()
+        (tmp / "new").write_text("new")
+    assert (tmp_path / "out").is_symlink() and [p.name for p in (tmp_path / "big-disk").iterdir()] == ["new"]
+
+
+def test_a_damaged_metadata_file_is_named(tmp_path, fake_script):
+    scripts, raw = fake_script
+    out = tmp_path / "prepared"
+    out.mkdir()
+    (out / "metadata.json").write_text("")
+    with pytest.raises(ValueError, match=r"prepared/metadata.json: not a readable metadata file"):
+        prepare_data("fake", raw, out, scripts=scripts)

@@ -225,3 +225,46 @@ def test_a_checkpoint_write_failing_midway_names_the_file_and_leaves_nothing_hal
     monkeypatch.setattr(torch, "save", real_save)
     resumed = ik.fit(build(), data, data, checkpoint_dir=tmp_path, resume=True, **kwargs)
     assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
+
+
+def test_resume_refuses_other_training_or_validation_data(data, tmp_path):
+    ik.fit(build(), data, data, checkpoint_dir=tmp_path, **KW)
+    other = ik.TensorData({k: v.flip(0) for k, v in data.inputs.items()}, data.targets.flip(0))
+    for train, valid, said in ((other, data, "train sha256"), (data, other, "valid sha256"),
+                               (ik.TensorData({k: v[:20] for k, v in data.inputs.items()}, data.targets[:20]), data,
+                                "train examples 32 -> 20")):
+        with pytest.raises(CheckpointError, match=said):
+            ik.fit(build(), train, valid, checkpoint_dir=tmp_path, resume=True, **KW)
+    ik.fit(build(), data, data, checkpoint_dir=tmp_path, resume=True, **KW)  # the same data resumes
+
+
+def test_a_second_fit_into_the_same_checkpoints_is_refused_while_the_first_runs(data, tmp_path):
+    from i2m2kit.checkpoints import run_lock
+
+    with run_lock(tmp_path / "run"):  # as a fit in another process holds it
+        with pytest.raises(RuntimeError, match=r"another fit \(pid \d+\) is writing here"):
+            ik.fit(build(), data, checkpoint_dir=tmp_path / "run", **KW)
+    assert not (tmp_path / "run").exists()
+    ik.fit(build(), data, checkpoint_dir=tmp_path / "run", **KW)  # released with its holder
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["last.pt", "model.pt"]
+
+
+@pytest.mark.parametrize("change, error, said", [
+    (dict(epochs=2.5), TypeError, "epochs must be a whole number, got 2.5"),
+    (dict(seed=1.5), TypeError, "seed must be a whole number"),
+    (dict(checkpoint_dir=""), ValueError, "checkpoint_dir is an empty path"),
+    (dict(loss_weight=torch.tensor([-1.0, 1.0])), ValueError, "loss_weight must hold finite, non-negative"),
+])
+def test_a_setting_of_the_wrong_kind_is_refused_before_training(data, change, error, said):
+    model = build()
+    before = state(model)
+    with pytest.raises(error, match=said):
+        ik.fit(model, data, **{**KW, **change})
+    assert unchanged(model, before)
+
+
+def test_a_checkpoint_folder_under_home_is_the_users_home(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    ik.fit(build(), data, checkpoint_dir="~/runs/a", **KW)
+    assert (tmp_path / "runs" / "a" / "model.pt").is_file() and not (tmp_path / "~").exists()

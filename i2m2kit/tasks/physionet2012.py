@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import functools
 import warnings
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +80,12 @@ def read_set(path: str | Path, set_name: str = "a") -> dict[str, np.ndarray]:
     sets = sorted(metadata(path)["sets"])  # checks the format version too
     if not file.is_file():
         raise FileNotFoundError(f"{file}: not found; the prepared folder holds the sets {sets}")
-    with np.load(file) as npz:
-        arrays = {k: npz[k] for k in npz.files}
+    try:  # empty (EOFError), truncated (BadZipFile, zlib.error) or not an archive: one line naming the file
+        with np.load(file) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (EOFError, OSError, ValueError, zipfile.BadZipFile, zlib.error) as e:
+        raise ValueError(f"{file}: not a readable .npz archive ({e or type(e).__name__}; truncated?); rebuild it "
+                         f"with '{BUILD.format(path=path)} --overwrite'") from None
     n = len(arrays.get("record_id", ()))
     for name, shape in ARRAYS.items():
         if name not in arrays:
@@ -145,6 +151,9 @@ def model_inputs(arrays: dict[str, np.ndarray], rows: np.ndarray, stats: dict[st
 def split_sets(path: str | Path, split_seed: int = 0, train_set: str = "a", test_set: str | None = None,
                stays: int | None = None) -> dict[str, tuple[dict[str, np.ndarray], np.ndarray]]:
     """``{"train", "valid", "test"}``: each split's set arrays and its rows in them (see ``load``)."""
+    # numpy's seeds: scikit-learn would name its own random_state, not this parameter
+    if isinstance(split_seed, bool) or not isinstance(split_seed, (int, np.integer)) or not 0 <= split_seed < 2 ** 32:
+        raise ValueError(f"split_seed must be an integer in [0, 2**32 - 1], got {split_seed!r}")
     if test_set == train_set:
         raise ValueError(f"test_set {test_set!r} is the training set; name another set or None")
     arrays = read_set(path, train_set)
