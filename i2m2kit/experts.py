@@ -258,9 +258,15 @@ class I2M2(nn.Module):
                 outside = target[(target < 0) | (target >= k)] if target.device.type == "cpu" else ()
                 if len(outside):
                     raise ValueError(f"target class {int(outside[0])} is outside 0..{k - 1}: the model has {k} classes")
+                if target.dtype == torch.bool:  # torch would read it as bytes, or refuse it obscurely
+                    raise ValueError(f"multiclass targets must be class indices, got {describe(target)}; "
+                                     f"pass target.long()")
+                target = target.long()  # int32 or uint8 class indices: the same classes
             elif target.shape != logits.shape or not target.is_floating_point():
                 raise ValueError(f"multiclass targets must be class indices (integers, shape {tuple(logits.shape[:1])}) "
                                  f"or probabilities (floats, shape {tuple(logits.shape)}); got {describe(target)}")
+            if weight is not None and weight.shape != (k,):  # else torch's error at the first step
+                raise ValueError(f"loss_weight must hold one weight per class ({k}), got shape {tuple(weight.shape)}")
             return F.cross_entropy(logits, target, weight=weight)
         if target.shape != logits.shape:
             raise ValueError(f"{self.head} targets must have the logits' shape {tuple(logits.shape)}, "

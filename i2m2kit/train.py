@@ -336,6 +336,8 @@ def fit(
             raise TypeError(f"{name} must be a whole number, got {value!r}")
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if valid is None and monitor != "loss":  # it would be ignored: nothing to select on
+        raise ValueError(f"monitor={monitor!r} needs a validation set; pass valid, or leave monitor as 'loss'")
     if loss_weight is not None and not (torch.isfinite(loss_weight).all() and (loss_weight >= 0).all()):
         raise ValueError(f"loss_weight must hold finite, non-negative weights, got {loss_weight.tolist()}")
     if batch_size < 1:

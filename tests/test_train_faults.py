@@ -268,3 +268,18 @@ def test_a_checkpoint_folder_under_home_is_the_users_home(data, tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     ik.fit(build(), data, checkpoint_dir="~/runs/a", **KW)
     assert (tmp_path / "runs" / "a" / "model.pt").is_file() and not (tmp_path / "~").exists()
+
+
+def test_class_targets_of_another_integer_type_train_the_same_and_bools_are_refused(data):
+    as_int32 = ik.TensorData(data.inputs, data.targets.int())
+    a, b = ik.fit(build(), data, **KW), ik.fit(build(), as_int32, **KW)
+    assert a.history == b.history
+    with pytest.raises(ValueError, match="multiclass targets must be class indices, got .*bool.*pass target.long()"):
+        ik.fit(build(), ik.TensorData(data.inputs, data.targets.bool()), **KW)
+
+
+def test_a_loss_weight_of_the_wrong_length_or_a_monitor_without_validation_is_refused_at_once(data):
+    with pytest.raises(ValueError, match=r"loss_weight must hold one weight per class \(2\), got shape \(5,\)"):
+        ik.fit(build(), data, loss_weight=torch.ones(5), **KW)
+    with pytest.raises(ValueError, match="monitor='accuracy' needs a validation set"):
+        ik.fit(build(), data, monitor="accuracy", **KW)
