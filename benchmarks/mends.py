@@ -8,9 +8,11 @@ models of the paper (jointly, and I2M2 / intra pretrained expert by expert), mea
 gap, the epoch early stopping picked) and scores the mends, each computed from the same
 trained experts unless it needs its own training:
 
-* ``weights (joint)``: one non-negative scalar per expert of the jointly trained I2M2, fitted
-  on validation (a weighted product of experts, p(y|x) ~ prod_e p_e(y|x)^w_e);
-* ``weights (experts)``: the same on the experts trained alone (the pretraining);
+* ``i2m2 (weighted)``: one non-negative exponent per expert, fitted on validation (a weighted
+  product of experts, p(y|x) ~ prod_e p_e(y|x)^w_e), on the experts trained alone (the
+  uni-modal and inter models), as ``compare_models(weigh=True)`` gives it;
+* ``i2m2 (selected)``: the better of that and the published I2M2 on validation (the same call);
+* ``weights (joint)``: the exponents fitted on the jointly trained I2M2's experts instead;
 * ``subset (experts)``: the subset of the experts trained alone best on validation (the
   uni-modal and inter models are such subsets, so this contains them);
 * ``expert dropout``: I2M2 trained with each expert left out of an example's sum with
@@ -25,6 +27,7 @@ best baseline) per cell. ``--json`` writes every row.
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import json
 import sys
@@ -47,23 +50,6 @@ BASELINES = ("uni:x", "uni:x2", "intra", "inter")
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     return float((logits.argmax(-1) == y).double().mean())
-
-
-def fit_weights(expert_logits: list[torch.Tensor], y: torch.Tensor, steps: int = 200) -> torch.Tensor:
-    """Non-negative weights w minimising the validation NLL of sum_e w_e z_e (softplus-parametrised)."""
-    z = torch.stack([e.double() for e in expert_logits])  # (E, N, C)
-    raw = torch.full((len(expert_logits),), 0.5413, dtype=torch.double, requires_grad=True)  # softplus -> 1
-    opt = torch.optim.LBFGS([raw], max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        w = torch.nn.functional.softplus(raw)
-        loss = torch.nn.functional.cross_entropy((w[:, None, None] * z).sum(0), y)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return torch.nn.functional.softplus(raw).detach()
 
 
 class ExpertDropout(ik.I2M2):
@@ -97,8 +83,9 @@ def cell(inter: float, n: int, seed: int, args, intra: float | None = None) -> l
     rows, trained, results = [], {}, {}
     started = time.perf_counter()
     for r in ik.compare_models(build, data["train"], data["valid"], data["test"], seed=seed, progress=False,
-                               trained=trained, fit_results=results, **fit):
-        rows.append({"model": r["model"], "accuracy": r["accuracy"], "best_epoch": r["best_epoch"]})
+                               trained=trained, fit_results=results, weigh=True, **fit):
+        rows.append({"model": r["model"], "accuracy": r["accuracy"], "best_epoch": r["best_epoch"],
+                     **{k: r[k] for k in ("weights", "selected") if k in r}})
     pre = {}
     for r in ik.compare_models(build, data["train"], data["valid"], data["test"], seed=seed, progress=False,
                                names=("intra", "i2m2"), regime="pretrain_finetune", trained=pre, **fit):
@@ -117,14 +104,12 @@ def cell(inter: float, n: int, seed: int, args, intra: float | None = None) -> l
     # mends from the trained experts
     yv, yt = data["valid"].targets, data["test"].targets
     names = list(inside["test"].expert_logits)
-    w = fit_weights([inside["valid"].expert_logits[e] for e in names], yv)
-    rows.append({"model": "weights (joint)", "weights": w.tolist(),
-                 "accuracy": accuracy(sum(wi * inside["test"].expert_logits[e].double() for wi, e in zip(w, names)), yt)})
+    joint = copy.deepcopy(trained["i2m2"])  # the jointly trained experts, weighed the same way
+    w = ik.weigh_experts(joint, data["valid"], device="cpu")
+    rows.append({"model": "weights (joint)", "weights": w,
+                 "accuracy": accuracy(predict(joint, data["test"], device="cpu").logits, yt)})
     alone = {"x": trained["uni:x"], "x2": trained["uni:x2"], "joint": trained["inter"]}  # the experts trained alone
     own = {s: {e: predict(m, data[s], device="cpu").expert_logits[e] for e, m in alone.items()} for s in ("valid", "test")}
-    w = fit_weights([own["valid"][e] for e in names], yv)
-    rows.append({"model": "weights (experts)", "weights": w.tolist(),
-                 "accuracy": accuracy(sum(wi * own["test"][e].double() for wi, e in zip(w, names)), yt)})
     subsets = [s for r in range(1, len(names) + 1) for s in itertools.combinations(names, r)]
     best = max(subsets, key=lambda s: accuracy(sum(own["valid"][e] for e in s), yv))
     rows.append({"model": "subset (experts)", "subset": "+".join(best),
@@ -168,7 +153,7 @@ def main(argv=None) -> int:
         print(f"\n{'' if intra is None else f'intra {intra:g}, '}inter {inter:g}, n_train {n}, seed {seed}: Bayes {rows[0]['bayes_accuracy']:.4f}, "
               f"best baseline {best:.4f}")
         for name, acc in scored.items():
-            extra = next((f" {k}={r[k]}" for r in rows if r["model"] == name for k in ("weights", "subset") if k in r), "")
+            extra = next((f" {k}={r[k]}" for r in rows if r["model"] == name for k in ("weights", "subset", "selected") if k in r), "")
             mark = "" if name in BASELINES else ("  ok" if acc >= best - 0.005 else f"  {100 * (acc - best):+.2f} pt")
             print(f"  {name:26s} {acc:.4f}{mark}{extra}")
         why = next(r for r in rows if r["model"] == "why")

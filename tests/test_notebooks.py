@@ -42,8 +42,8 @@ def test_notebook_00_runs_and_reports_its_numbers(run00):
     assert m["pid_without_selection"]["pid"]["synergy"] > 0.05 and m["pid_without_selection"]["verdict"] == "intra-dominated"
     assert set(m["models"]) == {"uni:x", "uni:x2", "intra", "inter", "i2m2"}
     assert 0.5 < m["bayes_accuracy"] < 1
-    assert len(m["regime_map"]) == 4 * (5 + 1 + 2)  # 2x2 grid, five models joint, the weighted one, two pretrained
-    assert {r["label"] for r in m["hard_regime_map"]} >= {"i2m2", "i2m2 (weighted)"}
+    assert len(m["regime_map"]) == 4 * (5 + 2 + 2)  # 2x2 grid: five models joint, weighted and selected, two pretrained
+    assert {r["label"] for r in m["hard_regime_map"]} >= {"i2m2", "i2m2 (weighted)", "i2m2 (selected)"}
     nb = nbformat.read(run00["notebook"], as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors

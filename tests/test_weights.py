@@ -62,7 +62,11 @@ def test_compare_models_weighs_the_experts_trained_alone(sim_data):
     rows = ik.compare_models(lambda: synthetic.build_model(sim.dims, 2, 8), data["train"], data["valid"],
                              data["test"], weigh=True, trained=trained, **kw)
     by = {r["model"]: r for r in rows}
-    assert list(by) == ["uni:x", "uni:x2", "intra", "inter", "i2m2", "i2m2 (weighted)"]
+    assert list(by) == ["uni:x", "uni:x2", "intra", "inter", "i2m2", "i2m2 (weighted)", "i2m2 (selected)"]
+    chosen = by["i2m2 (selected)"]["selected"]  # the better product on validation (the loss: the default monitor)
+    losses = {n: ik.evaluate(trained[n], data["valid"], device="cpu")["loss"] for n in ("i2m2", "i2m2 (weighted)")}
+    assert chosen == min(losses, key=losses.get) and trained["i2m2 (selected)"] is trained[chosen]
+    assert by["i2m2 (selected)"]["accuracy"] == by[chosen]["accuracy"]
     weighted = trained["i2m2 (weighted)"]
     for name, source in (("x", "uni:x"), ("x2", "uni:x2"), ("joint", "inter")):  # the experts as trained alone
         for a, b in zip(weighted.experts[name].net.parameters(), trained[source].experts[name].net.parameters()):
