@@ -85,12 +85,18 @@ def remove_leftovers(path: str | os.PathLike) -> list[Path]:
     runs no clean-up); those of a live process are kept. Returns what was removed."""
     path, removed = Path(path), []
     for leftover in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
-        pid = leftover.name[len(path.name) + 6:].split("-")[0]
-        if not pid.isdigit() or process_alive(int(pid)):
+        if not left_by_dead_process(leftover.name, f".{path.name}.tmp-"):
             continue
         shutil.rmtree(leftover, ignore_errors=True)
         removed.append(leftover)
     return removed
+
+
+def left_by_dead_process(name: str, prefix: str) -> bool:
+    """Is ``name`` (``prefix`` then a process id, then ``-`` or ``.``) a leftover of a process
+    that has ended? The names of leftovers carry their writer's pid for this question."""
+    pid = name[len(prefix):].split("-")[0].split(".")[0]
+    return name.startswith(prefix) and pid.isdigit() and not process_alive(int(pid))
 
 
 def process_alive(pid: int) -> bool:

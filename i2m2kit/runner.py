@@ -222,11 +222,10 @@ def run_notebook(notebook: str | os.PathLike, out: str | os.PathLike = "outputs"
 
 def remove_kernel_leftovers() -> None:
     """The kernel socket folders of runs that were killed (nothing removed them)."""
-    from .io import process_alive
+    from .io import left_by_dead_process
 
     for folder in Path(tempfile.gettempdir()).glob("i2m2kit-kernel-*-*"):
-        pid = folder.name.split("-")[2]
-        if pid.isdigit() and not process_alive(int(pid)):
+        if left_by_dead_process(folder.name, "i2m2kit-kernel-"):
             shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -234,12 +233,11 @@ def recover_results(run_dir: str | os.PathLike) -> list[str]:
     """Undo what a killed run of a notebook left in its folder: its staging folders are
     removed, and the earlier ``metrics.json`` it had set aside is put back (the run never
     finished, so its own numbers, if any, are not trusted). Returns what was done, said."""
-    from .io import process_alive
+    from .io import left_by_dead_process
 
     said = []
     for leftover in sorted(Path(run_dir).glob(".stage-*")) + sorted(Path(run_dir).glob(".metrics.earlier-*.json")):
-        pid = leftover.name.split("-")[1].split(".")[0]
-        if pid.isdigit() and process_alive(int(pid)):
+        if not left_by_dead_process(leftover.name, leftover.name.split("-")[0] + "-"):
             continue  # a run still going (the lock keeps two runs apart; this is a direct caller)
         if leftover.name.startswith(".stage-"):
             shutil.rmtree(leftover, ignore_errors=True)

@@ -32,10 +32,8 @@ def weigh_experts(model: I2M2, valid, device: str | torch.device = "auto", batch
     p = predict(model, valid, batch_size, device, name="valid", strict=True)
     names = list(p.expert_logits)
     z = torch.stack([p.expert_logits[n].double() for n in names])  # (experts, N, outputs)
-    raw = torch.zeros(len(names), dtype=torch.double, requires_grad=True)
     start = float(torch.log(torch.expm1(torch.tensor(1.0))))  # softplus(start) = 1: the published product
-    with torch.no_grad():
-        raw.fill_(start)
+    raw = torch.full((len(names),), start, dtype=torch.double, requires_grad=True)
     opt = torch.optim.LBFGS([raw], max_iter=max_iter, line_search_fn="strong_wolfe")
 
     def loss() -> torch.Tensor:
