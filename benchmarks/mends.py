@@ -40,7 +40,7 @@ import i2m2kit as ik
 from i2m2kit.experts import log_probs
 from i2m2kit.simulate import SelectionModel
 from i2m2kit.tasks import synthetic
-from i2m2kit.train import predict
+from i2m2kit.inference import predict
 
 # notebook 00's two maps: the regime grid (section 5) and high-dimensional nuisance (section 6)
 MAPS = {"hard": {"n_classes": 2, "dims": (8, 256), "intra": (2.0, 0.5), "interaction_dims": 4},

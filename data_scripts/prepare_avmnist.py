@@ -41,7 +41,6 @@ shares speakers and noise classes with training, so it says little about the tes
 
 from __future__ import annotations
 
-import argparse
 import csv
 import gzip
 import io
@@ -66,8 +65,8 @@ import sklearn
 from sklearn.decomposition import PCA
 from tqdm.auto import tqdm
 
-from i2m2kit.io import (PrepareError, atomic_folder, atomic_path, check_free_space, fetch,
-                        output_folder_problem, prepare_output, sha256)
+from i2m2kit.io import (PrepareError, atomic_folder, atomic_path, check_free_space, check_output, fetch,
+                        prepare_output, script_main, script_parser, sha256)
 
 FORMAT_VERSION = 1
 OUTPUTS = ("metadata.json", "image", "audio", "*_labels.npy", "*_pairs.csv")  # all --overwrite may replace
@@ -124,60 +123,60 @@ MNIST_SHA256 = {
 FSDD_RECORDINGS_SHA256 = "dbd573d7cafe79c4b49f65718115e1304e24e067fa39eff18a660dc6cb9c360f"
 FSDD_RECORDING = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
 
-# One ESC-50 clip per class (all from fold 4), with the official per-clip sha256.
-ESC50_CLIPS = """\
-4-182395-A-0.wav   0 dog              c249bcb8ef81d12516ad17c8a77f88c01952cdf70b9413732af5fb8b803f9c7d
-4-164021-A-1.wav   1 rooster          95b7f782e42027588c92db9665f009b042c59436dcee563a01d6d71af6e1f0e8
-4-132383-A-2.wav   2 pig              a1a29bac1f9259697b4d58c9f04948c12bfc51a4508f9eddb4dcfc418821df8c
-4-174860-A-3.wav   3 cow              6aa928dc1f18ea6e82845263e70f1799bd4179a31b6a488354a98e3ececcb368
-4-130584-A-4.wav   4 frog             e532de799975d8f91e61e7cd5f0bf22138ccd49b43f6973f0d17ac3c1c207a4c
-4-120160-A-5.wav   5 cat              5828c0621dddd37ba88c08d99edb9c3860bf2e7f9c3b8adcc02f845bbf6e7211
-4-197103-A-6.wav   6 hen              d0c5fbdc173e229b546b90a48df9b4e200345c8a65cba46d87854c3f06ad8a69
-4-130891-A-7.wav   7 insects          12c07996c260c95c96cd9125780c40c39af0c46cb4b4e49fa67c7a2625b2ea98
-4-188703-A-8.wav   8 sheep            f63eb063826ed5b89d42165dd12490b1a3817588d59ee69bcdfb9b6957b89b70
-4-136381-A-9.wav   9 crow             6b0bfda34b4001b23559ef2485eeb56c58e85347b65524da1cd87e6204ea0478
-4-160999-A-10.wav 10 rain             c85ef3d5cbd86ba80a7f089277d66f165e36b8dcf8070643ddc7ec73eb4f5dcb
-4-167063-A-11.wav 11 sea_waves        3cfc8edd94c4efc892a80151ed83aff7febcab1219d5c1e41abe5e4bf6c7d8ad
-4-164661-A-12.wav 12 crackling_fire   5dba3d3689ad470168a93c321674fb1d0e152a939bc034dcfe88c7a055e6d5f5
-4-163697-A-13.wav 13 crickets         8b02f23af70a2035464c83a3da2c7d1424cd0af658f4c8c20c40e8abdc1a0444
-4-159609-A-14.wav 14 chirping_birds   186ec9ba8f6288e2b37a3642287a7b2f06add4357adb91ad84b8c1495aa9cd42
-4-168155-A-15.wav 15 water_drops      2cd2ad18953fa15ac00e34417479f1021d9f01afdfc193aeaa486c1a3473313e
-4-144083-A-16.wav 16 wind             a0b0bbb04a05542784cc031b2f806605d47f469c49576d8b903cebf9cc58f4b7
-4-168868-A-17.wav 17 pouring_water    e9d0e25a0565a8a9ebe5e26bf2c0dd65bded68eda8268cf24d7cfeb417c7c3e4
-4-119720-A-18.wav 18 toilet_flush     7ba566572f51a9c851f4853bc6206efa6483262af6b99f7e7f90f83dc05800f8
-4-125070-A-19.wav 19 thunderstorm     61b68a9eb06ee056826f8ce06e56558bc46301a2f4df43b92d7619cd6b2e8475
-4-167077-A-20.wav 20 crying_baby      43a894a23a4a1bed053e2ca040f7029a5d9029269173d8bac1c650c52c03e937
-4-156843-A-21.wav 21 sneezing         915d649c4fbc6df93b6b6a94f45732e02e4a15728531ac114f867c969e989cbd
-4-189828-A-22.wav 22 clapping         13a9c47cba0d2dab78358fa78a6ffe10d7fd209b94b4f062b260dd7ea1b67243
-4-171706-A-23.wav 23 breathing        ee25fd0604d283d805076c3a5a0bbe807a8db5754bf19d0ed48e5d036d9ef646
-4-152995-A-24.wav 24 coughing         ca9a065e5c3c2427954a9d4fb74dff3891ce63e9bda66878e19448237e194e71
-4-117627-A-25.wav 25 footsteps        bee53dc6ab282257b4a70a852d6235104ec74bdb380f0a83b706f1ab88b356ca
-4-132803-A-26.wav 26 laughing         de5e596027c88e0e27334e4dfeb024238bc0b6028dba0f96c764017e534e8233
-4-144468-A-27.wav 27 brushing_teeth   8b5c7835867b138b517ca6a94d8cdde57469cce6c8ed6fde731921aef31c9ef6
-4-180337-A-28.wav 28 snoring          015f4b7643faf58d66478b19962e8aae1a66b17bf2930f768fc903bd14fe2d15
-4-188191-A-29.wav 29 drinking_sipping 401d8a4c4594bc8cb8b13bd3fb0d1f0c4b847c6f86651659302ea2b5df1dfa39
-4-182034-A-30.wav 30 door_wood_knock  8548390103bfa9097087ea552b42e6b493697f9fbe0b9d78a1aefdbf8b18219f
-4-192068-A-31.wav 31 mouse_click      fad199981761a1aa7392db104c045f6091986c26f549f6ef59d3f12425fd13dd
-4-158653-A-32.wav 32 keyboard_typing  125691734898f9db80100600cb63a65203ac0948b4a234e136f0e369bffe3b6b
-4-107117-A-33.wav 33 door_wood_creaks d6a08ce8c51ecfa83c89bac9741e0af29f245230cbb60141a275f3464e6e521b
-4-175025-A-34.wav 34 can_opening      63ec7782d27e6922d81519fa352f7379d6a6e5da5cf77e2380c06dc340dc2c66
-4-218199-A-35.wav 35 washing_machine  02b6d846aff2d55f6372e5cebd1056db799b8a2487953d774d537bfa3bde7ddd
-4-146200-A-36.wav 36 vacuum_cleaner   41db87e753f13f238ba7f8ffca60421d08f8ab3e315c4d79f0557caed80ee9d8
-4-151242-A-37.wav 37 clock_alarm      c83789199d3a2794323f9151cae42fa478b7ae408a624f483399316bd44cf899
-4-175945-A-38.wav 38 clock_tick       e21894f4cd41eeb1423fe7d6eadda4dfd32cbd686c639bbadbf3ab3bbb90bc28
-4-204115-A-39.wav 39 glass_breaking   3d4a520122727b384d55738c254f33103e1eee73152f4c45893736089915eff9
-4-125929-A-40.wav 40 helicopter       adfb82d86a3b2a7ac8fcf85c98f6b222ef5b0e47991cf6c0047e3d99e2f11443
-4-149294-A-41.wav 41 chainsaw         6f17cda330dc854816ff6fa810a4535882077f1db34f7da8f6a046661164b958
-4-102871-A-42.wav 42 siren            9dabae27ebcd55cc16ea57e813fc1984ec444159b62f246c0399cb4f920454ea
-4-175845-A-43.wav 43 car_horn         aeaf26bd07b54964985f7c5726b2724f57b9912b6e70c0af2f8bf3758ca0f18c
-4-171652-A-44.wav 44 engine           5f0b309e3fa62f6b34763b72f641d7ce1318a1db2fcd7c5ddd27cf380fd58401
-4-165606-A-45.wav 45 train            8db18f72cf0a09b40b78b62146a946235bcf4be656de7e5594615a90f51c969e
-4-125825-A-46.wav 46 church_bells     796a0d8975ce9db3eb4e6d8ce438f6dbbd4ad4a1a8a6a18de4521face6eeb28a
-4-161099-A-47.wav 47 airplane         2264c8830b42634fb6df30886667ea375dd988d38c005662b1218adbd46755dd
-4-119647-A-48.wav 48 fireworks        0ee8c78bf99e24c3733bfa9044f543f9437909ca12dc85d9322e1f45b03cc526
-4-102844-A-49.wav 49 hand_saw         88b8095737537853469f06c3d920fe29b91588e48e5bd687f6938cf1bbb3b438
-"""
-ESC50_MANIFEST = {f: (int(t), c, s) for f, t, c, s in (line.split() for line in ESC50_CLIPS.splitlines())}
+# One ESC-50 clip per class (all from fold 4): file name, class, category, and the official sha256.
+ESC50_CLIPS = (
+    ("4-182395-A-0.wav", 0, "dog", "c249bcb8ef81d12516ad17c8a77f88c01952cdf70b9413732af5fb8b803f9c7d"),
+    ("4-164021-A-1.wav", 1, "rooster", "95b7f782e42027588c92db9665f009b042c59436dcee563a01d6d71af6e1f0e8"),
+    ("4-132383-A-2.wav", 2, "pig", "a1a29bac1f9259697b4d58c9f04948c12bfc51a4508f9eddb4dcfc418821df8c"),
+    ("4-174860-A-3.wav", 3, "cow", "6aa928dc1f18ea6e82845263e70f1799bd4179a31b6a488354a98e3ececcb368"),
+    ("4-130584-A-4.wav", 4, "frog", "e532de799975d8f91e61e7cd5f0bf22138ccd49b43f6973f0d17ac3c1c207a4c"),
+    ("4-120160-A-5.wav", 5, "cat", "5828c0621dddd37ba88c08d99edb9c3860bf2e7f9c3b8adcc02f845bbf6e7211"),
+    ("4-197103-A-6.wav", 6, "hen", "d0c5fbdc173e229b546b90a48df9b4e200345c8a65cba46d87854c3f06ad8a69"),
+    ("4-130891-A-7.wav", 7, "insects", "12c07996c260c95c96cd9125780c40c39af0c46cb4b4e49fa67c7a2625b2ea98"),
+    ("4-188703-A-8.wav", 8, "sheep", "f63eb063826ed5b89d42165dd12490b1a3817588d59ee69bcdfb9b6957b89b70"),
+    ("4-136381-A-9.wav", 9, "crow", "6b0bfda34b4001b23559ef2485eeb56c58e85347b65524da1cd87e6204ea0478"),
+    ("4-160999-A-10.wav", 10, "rain", "c85ef3d5cbd86ba80a7f089277d66f165e36b8dcf8070643ddc7ec73eb4f5dcb"),
+    ("4-167063-A-11.wav", 11, "sea_waves", "3cfc8edd94c4efc892a80151ed83aff7febcab1219d5c1e41abe5e4bf6c7d8ad"),
+    ("4-164661-A-12.wav", 12, "crackling_fire", "5dba3d3689ad470168a93c321674fb1d0e152a939bc034dcfe88c7a055e6d5f5"),
+    ("4-163697-A-13.wav", 13, "crickets", "8b02f23af70a2035464c83a3da2c7d1424cd0af658f4c8c20c40e8abdc1a0444"),
+    ("4-159609-A-14.wav", 14, "chirping_birds", "186ec9ba8f6288e2b37a3642287a7b2f06add4357adb91ad84b8c1495aa9cd42"),
+    ("4-168155-A-15.wav", 15, "water_drops", "2cd2ad18953fa15ac00e34417479f1021d9f01afdfc193aeaa486c1a3473313e"),
+    ("4-144083-A-16.wav", 16, "wind", "a0b0bbb04a05542784cc031b2f806605d47f469c49576d8b903cebf9cc58f4b7"),
+    ("4-168868-A-17.wav", 17, "pouring_water", "e9d0e25a0565a8a9ebe5e26bf2c0dd65bded68eda8268cf24d7cfeb417c7c3e4"),
+    ("4-119720-A-18.wav", 18, "toilet_flush", "7ba566572f51a9c851f4853bc6206efa6483262af6b99f7e7f90f83dc05800f8"),
+    ("4-125070-A-19.wav", 19, "thunderstorm", "61b68a9eb06ee056826f8ce06e56558bc46301a2f4df43b92d7619cd6b2e8475"),
+    ("4-167077-A-20.wav", 20, "crying_baby", "43a894a23a4a1bed053e2ca040f7029a5d9029269173d8bac1c650c52c03e937"),
+    ("4-156843-A-21.wav", 21, "sneezing", "915d649c4fbc6df93b6b6a94f45732e02e4a15728531ac114f867c969e989cbd"),
+    ("4-189828-A-22.wav", 22, "clapping", "13a9c47cba0d2dab78358fa78a6ffe10d7fd209b94b4f062b260dd7ea1b67243"),
+    ("4-171706-A-23.wav", 23, "breathing", "ee25fd0604d283d805076c3a5a0bbe807a8db5754bf19d0ed48e5d036d9ef646"),
+    ("4-152995-A-24.wav", 24, "coughing", "ca9a065e5c3c2427954a9d4fb74dff3891ce63e9bda66878e19448237e194e71"),
+    ("4-117627-A-25.wav", 25, "footsteps", "bee53dc6ab282257b4a70a852d6235104ec74bdb380f0a83b706f1ab88b356ca"),
+    ("4-132803-A-26.wav", 26, "laughing", "de5e596027c88e0e27334e4dfeb024238bc0b6028dba0f96c764017e534e8233"),
+    ("4-144468-A-27.wav", 27, "brushing_teeth", "8b5c7835867b138b517ca6a94d8cdde57469cce6c8ed6fde731921aef31c9ef6"),
+    ("4-180337-A-28.wav", 28, "snoring", "015f4b7643faf58d66478b19962e8aae1a66b17bf2930f768fc903bd14fe2d15"),
+    ("4-188191-A-29.wav", 29, "drinking_sipping", "401d8a4c4594bc8cb8b13bd3fb0d1f0c4b847c6f86651659302ea2b5df1dfa39"),
+    ("4-182034-A-30.wav", 30, "door_wood_knock", "8548390103bfa9097087ea552b42e6b493697f9fbe0b9d78a1aefdbf8b18219f"),
+    ("4-192068-A-31.wav", 31, "mouse_click", "fad199981761a1aa7392db104c045f6091986c26f549f6ef59d3f12425fd13dd"),
+    ("4-158653-A-32.wav", 32, "keyboard_typing", "125691734898f9db80100600cb63a65203ac0948b4a234e136f0e369bffe3b6b"),
+    ("4-107117-A-33.wav", 33, "door_wood_creaks", "d6a08ce8c51ecfa83c89bac9741e0af29f245230cbb60141a275f3464e6e521b"),
+    ("4-175025-A-34.wav", 34, "can_opening", "63ec7782d27e6922d81519fa352f7379d6a6e5da5cf77e2380c06dc340dc2c66"),
+    ("4-218199-A-35.wav", 35, "washing_machine", "02b6d846aff2d55f6372e5cebd1056db799b8a2487953d774d537bfa3bde7ddd"),
+    ("4-146200-A-36.wav", 36, "vacuum_cleaner", "41db87e753f13f238ba7f8ffca60421d08f8ab3e315c4d79f0557caed80ee9d8"),
+    ("4-151242-A-37.wav", 37, "clock_alarm", "c83789199d3a2794323f9151cae42fa478b7ae408a624f483399316bd44cf899"),
+    ("4-175945-A-38.wav", 38, "clock_tick", "e21894f4cd41eeb1423fe7d6eadda4dfd32cbd686c639bbadbf3ab3bbb90bc28"),
+    ("4-204115-A-39.wav", 39, "glass_breaking", "3d4a520122727b384d55738c254f33103e1eee73152f4c45893736089915eff9"),
+    ("4-125929-A-40.wav", 40, "helicopter", "adfb82d86a3b2a7ac8fcf85c98f6b222ef5b0e47991cf6c0047e3d99e2f11443"),
+    ("4-149294-A-41.wav", 41, "chainsaw", "6f17cda330dc854816ff6fa810a4535882077f1db34f7da8f6a046661164b958"),
+    ("4-102871-A-42.wav", 42, "siren", "9dabae27ebcd55cc16ea57e813fc1984ec444159b62f246c0399cb4f920454ea"),
+    ("4-175845-A-43.wav", 43, "car_horn", "aeaf26bd07b54964985f7c5726b2724f57b9912b6e70c0af2f8bf3758ca0f18c"),
+    ("4-171652-A-44.wav", 44, "engine", "5f0b309e3fa62f6b34763b72f641d7ce1318a1db2fcd7c5ddd27cf380fd58401"),
+    ("4-165606-A-45.wav", 45, "train", "8db18f72cf0a09b40b78b62146a946235bcf4be656de7e5594615a90f51c969e"),
+    ("4-125825-A-46.wav", 46, "church_bells", "796a0d8975ce9db3eb4e6d8ce438f6dbbd4ad4a1a8a6a18de4521face6eeb28a"),
+    ("4-161099-A-47.wav", 47, "airplane", "2264c8830b42634fb6df30886667ea375dd988d38c005662b1218adbd46755dd"),
+    ("4-119647-A-48.wav", 48, "fireworks", "0ee8c78bf99e24c3733bfa9044f543f9437909ca12dc85d9322e1f45b03cc526"),
+    ("4-102844-A-49.wav", 49, "hand_saw", "88b8095737537853469f06c3d920fe29b91588e48e5bd687f6938cf1bbb3b438"),
+)
+ESC50_MANIFEST = {f: (t, c, s) for f, t, c, s in ESC50_CLIPS}
 
 
 # ---------------------------------------------------------------------- MNIST
@@ -554,7 +553,7 @@ def pair_rows(labels: np.ndarray, pairing: Pairing, sounds: list[dict], inter_sh
 
 def _check_sha256(name: str, expected: str):
     def check(path: Path) -> None:
-        found = sha256(path.read_bytes())
+        found = sha256(path)
         if found != expected:
             raise PrepareError(f"{name}: sha256 {found} does not match the published {expected}")
     return check
@@ -657,8 +656,7 @@ def prepare(raw: str | os.PathLike, out: str | os.PathLike, *, seed: int = 0, n_
     for folder in (raw, *inputs):  # one there but not a folder: named now (resolving a looping link fails)
         if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
             raise PrepareError(f"{folder}: not a folder (a file, or a broken or looping symbolic link)")
-    if problem := output_folder_problem(out, overwrite, inputs, outputs=OUTPUTS):
-        raise PrepareError(problem)
+    check_output(out, overwrite, inputs, OUTPUTS)
     # uint8 arrays of known shapes, a pairs.csv line (< 128 bytes) per pair, metadata.json
     pairs = min(n_train, N_TRAIN) + min(n_test, N_TEST)
     check_free_space(out, pairs * (784 + SPECTROGRAM_SIZE ** 2 + 8 + 128) + 2 ** 20, "the prepared AV-MNIST data")
@@ -739,12 +737,11 @@ def prepare(raw: str | os.PathLike, out: str | os.PathLike, *, seed: int = 0, n_
     return metadata
 
 
+@script_main
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__, "output folder", default_out="data/avmnist")
     parser.add_argument("--raw", type=Path, default=Path(os.environ.get("I2M2KIT_RAW_DATA", "data/raw")),
                         help="folder of the raw files: mnist/, fsdd/, esc50/ (default: $I2M2KIT_RAW_DATA or data/raw)")
-    parser.add_argument("--out", type=Path, default=Path("data/avmnist"), help="output folder (default: data/avmnist)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-train", type=int, default=N_TRAIN, help="first N MNIST training images (a subset)")
     parser.add_argument("--n-test", type=int, default=N_TEST, help="first N MNIST test images (a subset)")
@@ -760,23 +757,17 @@ def main(argv: list[str] | None = None) -> int:
                              "(default 0: the published benchmark)")
     parser.add_argument("--generated-noise", action="store_true",
                         help="mix generated noise instead of ESC-50 clips (for users without them)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--download", action="store_true",
                         help="fetch the missing raw files from their publishers into --raw, checksums verified")
     parser.add_argument("--mirror", default=None,
                         help=f"base URL to download from instead of the publishers (or ${MIRROR_ENV})")
-    parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        metadata = prepare(args.raw, args.out, seed=args.seed, n_train=args.n_train, n_test=args.n_test,
-                           image_energy=args.image_energy, snr_db=args.snr_db,
-                           test_speakers=args.test_speakers, test_noise_classes=args.test_noise_classes,
-                           generated_noise=args.generated_noise, overwrite=args.overwrite,
-                           download_missing=args.download, mirror=args.mirror, progress=not args.no_progress,
-                           inter_share=args.inter_share)
-    except (PrepareError, OSError) as e:  # OSError: --out unwritable or out of room (its message names it)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    metadata = prepare(args.raw, args.out, seed=args.seed, n_train=args.n_train, n_test=args.n_test,
+                       image_energy=args.image_energy, snr_db=args.snr_db,
+                       test_speakers=args.test_speakers, test_noise_classes=args.test_noise_classes,
+                       generated_noise=args.generated_noise, overwrite=args.overwrite,
+                       download_missing=args.download, mirror=args.mirror, progress=not args.no_progress,
+                       inter_share=args.inter_share)
     print(f"wrote {args.out}: {metadata['sizes']['train']} train and {metadata['sizes']['test']} test pairs; "
           f"image: {metadata['image']['components']} principal components; audio: SNR {args.snr_db:g} dB; "
           f"test speakers {metadata['speakers']['test']}"

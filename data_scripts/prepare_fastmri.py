@@ -59,10 +59,8 @@ the last line printed (``--on-error skip``). Before any volume is read, the fold
 
 from __future__ import annotations
 
-import argparse
 import csv
 import glob
-import hashlib
 import json
 import os
 import shutil
@@ -77,9 +75,9 @@ import numpy as np
 from sklearn.utils.class_weight import compute_class_weight
 from tqdm.auto import tqdm
 
-from i2m2kit.io import (PrepareError, allocated_memmap, atomic_path, check_free_space, check_input,
-                        fingerprint, fingerprint_differences, output_folder_problem, prepare_output,
-                        write_json_atomic)
+from i2m2kit.io import (PrepareError, allocated_memmap, as_prepare_error, atomic_path, check_free_space,
+                        check_input, check_output, fingerprint, fingerprint_differences, prepare_output,
+                        script_main, script_parser, sha256, write_json_atomic)
 
 FORMAT_VERSION = 1
 KSPACE_SHAPE = (640, 400)  # the published zero-filled k-space grid
@@ -112,10 +110,6 @@ def finding(label: str, abnormal: str = "other") -> set[str]:
     else:
         return {"abnormal"}
     return {named, "abnormal"} if abnormal == "any" else {named}
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def read_annotations(folder: Path, abnormal: str = "other") -> dict:
@@ -162,7 +156,7 @@ def read_annotations(folder: Path, abnormal: str = "other") -> dict:
             reviewed.add(volume)  # an annotated volume was reviewed, listed or not
     return {"reviewed": reviewed, "slices": slices, "label_counts": dict(label_counts),
             "study_level_rows": study_level,
-            "sources": {p.name: {"path": str(p.resolve()), "sha256": _sha256(p)} for p in (knee, file_list)}}
+            "sources": {p.name: {"path": str(p.resolve()), "sha256": sha256(p)} for p in (knee, file_list)}}
 
 
 def slice_labels(findings: dict[int, set[str]], n_slices: int) -> np.ndarray:
@@ -358,12 +352,9 @@ def prepare(raw: str | Path, annotations: str | Path, out: str | Path, seed: int
         raise PrepareError(f"seed must be a non-negative integer, got {seed!r}")  # numpy says so only at the end
     check_input(raw, "--raw")
     check_input(Path(annotations), "--annotations")
-    try:  # an unwritable, mounted or looping --out is said now, not after every volume is read
+    with as_prepare_error():  # an unwritable, mounted or looping --out is said now, not after every volume is read
         prepare_output(out)
-    except OSError as e:
-        raise PrepareError(str(e)) from None
-    if problem := output_folder_problem(out, overwrite, [raw, annotations], outputs=OUTPUTS):
-        raise PrepareError(problem)
+    check_output(out, overwrite, [raw, annotations], OUTPUTS)
     notes = read_annotations(Path(annotations), abnormal)
     files, unreadable = raw_volumes(raw)
     if unreadable and on_error == "stop":  # nothing is left out unsaid
@@ -397,11 +388,9 @@ def prepare(raw: str | Path, annotations: str | Path, out: str | Path, seed: int
     todo = [v for v in reviewed if not (partial / "volumes" / f"{v}.npz").exists()]
     per_slice = 2 * np.dtype(dtype).itemsize * CROP[0] * CROP[1]  # magnitude and phase
     need = sum(slices[v] for v in todo) * per_slice + sum(slices.values()) * (per_slice + len(LABELS) + 100)
-    try:
+    with as_prepare_error():
         check_free_space(out.parent, need, f"{sum(slices.values()):,} slices of {dtype} magnitude and phase "
                                            f"(the output, and its per-volume copies in {partial.name})")
-    except OSError as e:
-        raise PrepareError(str(e)) from None
     (partial / "volumes").mkdir(parents=True, exist_ok=True)
     write_json_atomic(made_by, partial / "fingerprint.json")
 
@@ -527,13 +516,12 @@ def _write_output(target: Path, partial: Path, volumes: list[str], split_of: dic
             "annotated_slices_beyond_volume": outside}
 
 
+@script_main
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__, "folder to write the prepared benchmark to")
     # paths kept as given: Path("") would silently be the working folder
     parser.add_argument("--raw", required=True, help="folder of fastMRI knee single-coil .h5 files (any depth)")
     parser.add_argument("--annotations", required=True, help="fastMRI+ folder with knee.csv and knee_file_list.csv")
-    parser.add_argument("--out", required=True, help="folder to write the prepared benchmark to")
     parser.add_argument("--seed", type=int, default=0, help="seed of the volume-level split (default 0)")
     parser.add_argument("--dtype", choices=DTYPES, default="float16", help="storage of magnitude and phase")
     parser.add_argument("--abnormal", choices=ABNORMAL, default="other",
@@ -542,18 +530,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--on-error", choices=("stop", "skip"), default="stop",
                         help="a corrupt or unexpected file, or an unreadable entry under --raw, stops the run "
                              "(default; volumes done are kept) or is left out and listed")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--restart", action="store_true",
                         help="discard the volumes an interrupted run left in <out>.partial instead of continuing")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    try:
-        meta = prepare(args.raw, args.annotations, args.out, seed=args.seed, dtype=args.dtype, abnormal=args.abnormal,
-                       on_error=args.on_error, overwrite=args.overwrite, restart=args.restart,
-                       progress=not args.no_progress)
-    except (PrepareError, OSError) as e:  # bad input, or a disk that is full or cannot be written
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    meta = prepare(args.raw, args.annotations, args.out, seed=args.seed, dtype=args.dtype, abnormal=args.abnormal,
+                   on_error=args.on_error, overwrite=args.overwrite, restart=args.restart,
+                   progress=not args.no_progress)
     c = meta["counts"]
     skipped = [f"{v}.h5" for v in meta["volumes_skipped"]] + list(meta["raw_entries_skipped_unreadable"])
     left_out = (f"; {len(meta['volumes_not_reviewed_excluded'])} volume(s) not reviewed by fastMRI+ excluded"

@@ -67,7 +67,6 @@ Output (``--out``, a folder written atomically; an existing one only with ``--ov
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import gzip
@@ -87,7 +86,8 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from i2m2kit.io import PrepareError, atomic_folder, check_free_space, output_folder_problem, prepare_output
+from i2m2kit.io import (PrepareError, atomic_folder, check_free_space, check_output, prepare_output, script_main,
+                        script_parser)
 
 FORMAT_VERSION = 1
 OUTPUTS = ("metadata.json", "mimic.npz")  # all --overwrite may replace
@@ -291,36 +291,28 @@ class Table:
         return PrepareError(f"{self.path.name} line {line}: table {self.name}, column {column!r}: "
                             f"{what} {text!r}")
 
+    def _parse(self, row: list[str], column: str, line: int, parse: Callable, what: str):
+        """A column's value read by ``parse`` (None when empty); text it cannot read is named."""
+        text = row[self.col[column]]
+        if not text:
+            return None
+        try:
+            return parse(text)
+        except ValueError:
+            raise self._fail(line, column, what, text) from None
+
     def time(self, row: list[str], column: str, line: int) -> float | None:
         """Seconds of a time column (None when empty)."""
-        text = row[self.col[column]]
-        if not text:
-            return None
-        try:
-            return parse_seconds(text)
-        except ValueError:
-            raise self._fail(line, column, "cannot parse the time", text) from None
+        return self._parse(row, column, line, parse_seconds, "cannot parse the time")
 
     def number(self, row: list[str], column: str, line: int) -> float | None:
-        text = row[self.col[column]]
-        if not text:
-            return None
-        try:
-            value = float(text)
-        except ValueError:
-            raise self._fail(line, column, "not a number:", text) from None
-        if not math.isfinite(value):  # "nan" and "inf" parse, but would poison the series
-            raise self._fail(line, column, "not a finite number:", text)
+        value = self._parse(row, column, line, float, "not a number:")
+        if value is not None and not math.isfinite(value):  # "nan" and "inf" parse, but would poison the series
+            raise self._fail(line, column, "not a finite number:", row[self.col[column]])
         return value
 
     def integer(self, row: list[str], column: str, line: int) -> int | None:
-        text = row[self.col[column]]
-        if not text:
-            return None
-        try:
-            return int(text)
-        except ValueError:
-            raise self._fail(line, column, "not an integer:", text) from None
+        return self._parse(row, column, line, int, "not an integer:")
 
     def info(self) -> dict:
         return {"file": self.path.name, "bytes": self.path.stat().st_size, "rows": self.rows_read}
@@ -704,8 +696,7 @@ def prepare(raw: str | Path, out: str | Path, overwrite: bool = False, progress:
     prepare_output(out)  # now, not after the work: unwritable, a mount point, a loop; killed runs' leftovers gone
     if not raw.is_dir():  # before the output check resolves it (a looping link would fail there)
         raise PrepareError(f"{raw}: raw MIMIC-III folder not found (or not a folder)")
-    if problem := output_folder_problem(out, overwrite, [raw], outputs=OUTPUTS):
-        raise PrepareError(problem)
+    check_output(out, overwrite, [raw], OUTPUTS)
     tables = open_tables(raw)
     candidates, counts = read_cohort(tables, progress)
     # before the long read of the event tables: the cohort can only shrink, and the arrays'
@@ -769,19 +760,12 @@ def prepare(raw: str | Path, out: str | Path, overwrite: bool = False, progress:
     return metadata
 
 
+@script_main
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__, "folder to write mimic.npz and metadata.json to")
     parser.add_argument("--raw", required=True, type=Path, help="folder of the MIMIC-III CSV tables")
-    parser.add_argument("--out", required=True, type=Path, help="folder to write mimic.npz and metadata.json to")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    try:
-        meta = prepare(args.raw, args.out, overwrite=args.overwrite, progress=not args.no_progress)
-    except (PrepareError, OSError) as e:  # OSError: --out unwritable or out of room (its message names it)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    meta = prepare(args.raw, args.out, overwrite=args.overwrite, progress=not args.no_progress)
     imputed = meta["imputed_throughout"]
     if imputed["variables_measured_in_no_stay"]:
         print(f"warning: no stay has a measurement of {', '.join(imputed['variables_measured_in_no_stay'])} "

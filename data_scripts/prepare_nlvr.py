@@ -60,7 +60,6 @@ examples out (counted per split in ``metadata.json``); an unreadable one stops i
 
 from __future__ import annotations
 
-import argparse
 import functools
 import io
 import json
@@ -72,8 +71,8 @@ from typing import Iterator, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from i2m2kit.io import (PrepareError, allocated_memmap, atomic_folder, check_free_space,
-                        output_folder_problem, prepare_output)
+from i2m2kit.io import (PrepareError, allocated_memmap, atomic_folder, check_free_space, check_output,
+                        prepare_output, script_main, script_parser)
 
 FORMAT_VERSION = 1
 OUTPUTS = ("metadata.json", "*.jsonl", "*_images.npy")  # all --overwrite may replace
@@ -315,8 +314,7 @@ def prepare(raw: str | Path, out: str | Path, downsample_factor: int = 2, check_
         raise PrepareError(f"{raw}: no such folder")
     if dataset == "nlvr2" or (dataset == "auto" and detect_dataset(raw) == "nlvr2"):
         return prepare_nlvr2(raw, out, images, image_size, skip_missing, overwrite, progress)
-    if problem := output_folder_problem(out, overwrite, [raw], outputs=OUTPUTS):
-        raise PrepareError(problem)
+    check_output(out, overwrite, [raw], OUTPUTS)
     files = {split: split_file(raw, split) for split in SPLITS}
     archive = raw / "images-dev-test.tar"
     published = PublishedImages(archive) if check_images and archive.is_file() else None
@@ -456,8 +454,7 @@ def prepare_nlvr2(raw: Path, out: Path, images: str | Path | None = None, image_
     if not images.is_dir():  # before the output check resolves it (a looping link would fail there)
         raise PrepareError(f"{images}: no such folder (the NLVR2 photographs: images/train/<directory>/"
                            f"<pair>-img0.png, images/dev/..., images/test1/...)")
-    if problem := output_folder_problem(out, overwrite, [raw, images], outputs=OUTPUTS):
-        raise PrepareError(problem)
+    check_output(out, overwrite, [raw, images], OUTPUTS)
     splits = {}
     for split, source in files.items():  # every line checked before any picture is read
         splits[split] = read_nlvr2_examples(source)
@@ -527,12 +524,11 @@ def prepare_nlvr2(raw: Path, out: Path, images: str | Path | None = None, image_
     return metadata
 
 
+@script_main
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__, "folder to write the prepared data to")
     parser.add_argument("--raw", required=True, type=Path,
                         help="folder of the NLVR v1 JSON files (and images-dev-test.tar), or of the NLVR2 ones")
-    parser.add_argument("--out", required=True, type=Path, help="folder to write the prepared data to")
     parser.add_argument("--downsample", type=int, default=2, choices=DOWNSAMPLES,
                         help="keep the images at 1/d of the published 100 x 400 (default 2: 50 x 200)")
     parser.add_argument("--no-image-check", action="store_true",
@@ -545,16 +541,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="NLVR2: resize each photograph to this square (default 64)")
     parser.add_argument("--skip-missing", action="store_true",
                         help="NLVR2: leave out the examples whose photographs are missing (counted in metadata.json)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    try:
-        meta = prepare(args.raw, args.out, args.downsample, check_images=not args.no_image_check,
-                       overwrite=args.overwrite, progress=not args.no_progress, dataset=args.dataset,
-                       images=args.images, image_size=args.image_size, skip_missing=args.skip_missing)
-    except (PrepareError, OSError) as e:  # OSError: --out unwritable or out of room (its message names it)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    meta = prepare(args.raw, args.out, args.downsample, check_images=not args.no_image_check,
+                   overwrite=args.overwrite, progress=not args.no_progress, dataset=args.dataset,
+                   images=args.images, image_size=args.image_size, skip_missing=args.skip_missing)
     counts = ", ".join(f"{s} {n}" for s, n in meta["counts"].items())
     if meta["dataset"] == "nlvr2":
         skipped = sum(meta["skipped_missing_images"].values())

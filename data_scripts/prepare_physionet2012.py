@@ -52,7 +52,6 @@ A's records and outcomes against their published content as well.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -67,8 +66,8 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from i2m2kit.io import (PrepareError, atomic_folder, check_free_space, fetch, output_folder_problem,
-                        prepare_output, sha256)
+from i2m2kit.io import (PrepareError, atomic_folder, check_free_space, check_output, fetch, prepare_output,
+                        script_main, script_parser, sha256)
 
 FORMAT_VERSION = 1
 OUTPUTS = ("metadata.json", "set-?.npz")  # all --overwrite may replace
@@ -337,7 +336,7 @@ def download(raw: Path, sets: Sequence[str], mirror: str | None = None, progress
             raise PrepareError(f"{raw / 'SHA256SUMS.txt'}: no checksum for {name}; not downloading it unchecked")
 
         def check(path: Path, name=name) -> None:
-            found = sha256(path.read_bytes())
+            found = sha256(path)
             if found != sums[name]:
                 raise PrepareError(f"{name}: sha256 {found} does not match PhysioNet's {sums[name]}")
             set_name = name.split("-")[1][0]
@@ -387,7 +386,7 @@ def prepare_set(raw: Path, set_name: str, files: list[tuple[str, bytes]], source
               "series_mask": mask, "series_delta": delta,
               "outcomes": np.array([outcomes[i][1] for i in ids], np.int32)}
     digest = records_digest(files)
-    outcomes_sha = sha256(outcomes_file.read_bytes())
+    outcomes_sha = sha256(outcomes_file)
     published = PUBLISHED.get(set_name)
     deaths = int(arrays["outcomes"][:, OUTCOMES.index("In-hospital_death")].sum())
     # imputed wholesale by the task loader, so said here (and by main): a variable or descriptor
@@ -423,8 +422,7 @@ def prepare(raw: str | os.PathLike, out: str | os.PathLike, sets: Sequence[str] 
                                                      " (pass --download to fetch the challenge files)"))
     # the set folders there (only they hold records; --download fetches archives)
     folders = [raw / f"set-{s}" for s in SETS if (raw / f"set-{s}").is_dir()]
-    if problem := output_folder_problem(out, overwrite, inputs=[raw, *folders], outputs=OUTPUTS):
-        raise PrepareError(problem)
+    check_output(out, overwrite, [raw, *folders], OUTPUTS)
     if download_missing:
         download(raw, sets or SETS, mirror or os.environ.get(MIRROR_ENV), progress)
     sets = list(dict.fromkeys(sets)) if sets else available_sets(raw)
@@ -459,24 +457,17 @@ def prepare(raw: str | os.PathLike, out: str | os.PathLike, sets: Sequence[str] 
     return meta
 
 
+@script_main
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__, "folder to write set-X.npz and metadata.json to")
     parser.add_argument("--raw", required=True, type=Path, help="folder of set-X.tar.gz (or set-X/) and Outcomes-X.txt")
-    parser.add_argument("--out", required=True, type=Path, help="folder to write set-X.npz and metadata.json to")
     parser.add_argument("--sets", nargs="*", choices=SETS, help="which sets (default: every one in --raw; "
                         "with --download: a, b and c)")
     parser.add_argument("--download", action="store_true", help="fetch the missing files from PhysioNet, checked")
     parser.add_argument("--mirror", help=f"base URL to download from instead of PhysioNet (or ${MIRROR_ENV})")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    try:
-        meta = prepare(args.raw, args.out, sets=args.sets, overwrite=args.overwrite, download_missing=args.download,
-                       mirror=args.mirror, progress=not args.no_progress)
-    except (PrepareError, OSError) as e:  # OSError: --out unwritable or out of room (its message names it)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    meta = prepare(args.raw, args.out, sets=args.sets, overwrite=args.overwrite, download_missing=args.download,
+                   mirror=args.mirror, progress=not args.no_progress)
     for s, m in meta["sets"].items():
         imputed = m["imputed_throughout"]
         never, empty = imputed["variables_measured_in_no_record"], imputed["records_without_series"]
@@ -488,8 +479,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"({', '.join(map(str, empty[:5]))}{' ...' if len(empty) > 5 else ''}), listed in metadata.json",
                   file=sys.stderr)
         implausible = sum(c["implausible"] for c in m["measurements"].values())
-        print(f"wrote {args.out / f'set-{s}.npz'}: {m['records']} ICU stays, {m['in_hospital_deaths']} in-hospital "
-              f"deaths; {implausible} implausible values dropped" + (" (the published set)" if m["published"] else ""))
+        print(f"wrote {Path(args.out) / f'set-{s}.npz'}: {m['records']} ICU stays, {m['in_hospital_deaths']} "
+              f"in-hospital deaths; {implausible} implausible values dropped"
+              + (" (the published set)" if m["published"] else ""))
     return 0
 
 

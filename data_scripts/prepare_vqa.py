@@ -81,7 +81,6 @@ Output (``--out``, a folder written atomically; an existing one only with ``--ov
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import math
@@ -94,8 +93,8 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from i2m2kit.io import (PrepareError, allocated_memmap, atomic_path, check_free_space, check_input,
-                        output_folder_problem, package_folder, prepare_output)
+from i2m2kit.io import (PrepareError, allocated_memmap, as_prepare_error, atomic_path, check_free_space,
+                        check_input, check_output, package_folder, prepare_output, script_main, script_parser)
 
 FORMAT_VERSION = 1
 OUTPUTS = ("metadata.json", "*.jsonl", "*_images.npy")  # all --overwrite may replace
@@ -484,12 +483,9 @@ def prepare(raw: str | Path | None, out: str | Path, dataset: str = "auto", imag
         check_input(folder, option)  # a symbolic link loop: said as such, not as "no such folder"
         if not folder.is_dir():
             raise PrepareError(f"{folder}: {'not a folder' if folder.exists() else 'no such folder'} ({option})")
-    try:  # an unwritable, mounted or looping --out is said now, not after every file is read
+    with as_prepare_error():  # an unwritable, mounted or looping --out is said now, not after every file is read
         prepare_output(out)
-    except OSError as e:
-        raise PrepareError(str(e)) from None
-    if problem := output_folder_problem(out, overwrite, [raw, images], outputs=OUTPUTS):
-        raise PrepareError(problem)
+    check_output(out, overwrite, [raw, images], OUTPUTS)
     if dataset == "auto":
         dataset = detect(raw)
     vocab_from = vocab_from or ("train" if dataset == "vqa-vs" else "train+val")
@@ -573,11 +569,9 @@ def prepare(raw: str | Path | None, out: str | Path, dataset: str = "auto", imag
     # room for the output, said before any image is read: the arrays' size is known, and a JSON line
     # of a question takes well under 512 bytes
     n_images, n_questions = sum(map(len, paths.values())), sum(map(len, splits.values()))
-    try:
+    with as_prepare_error():
         check_free_space(out.parent, n_images * image_size ** 2 * 3 + 512 * n_questions,
                          f"{n_images:,} images of {image_size} x {image_size} and {n_questions:,} questions")
-    except OSError as e:
-        raise PrepareError(str(e)) from None
 
     new_folders = [p for p in [out.parent, *out.parent.parents] if not p.exists()]
     name = None  # the file being written, named if the disk fills
@@ -611,15 +605,14 @@ def prepare(raw: str | Path | None, out: str | Path, dataset: str = "auto", imag
     return metadata
 
 
+@script_main
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__, "folder to write the prepared data to")
     # paths kept as given: Path("") would silently be the working folder
     parser.add_argument("--raw", default=None,
                         help="folder of easy-VQA, VQA v2 or VQA-VS (default: the installed easy-vqa package's data)")
     parser.add_argument("--images", default=None,
                         help="folder of the pictures (VQA v2, VQA-VS: holding train2014/ and val2014/; default --raw)")
-    parser.add_argument("--out", required=True, help="folder to write the prepared data to")
     parser.add_argument("--dataset", choices=("auto", *DATASETS), default="auto",
                         help="which layout --raw holds (default: detected from its files)")
     parser.add_argument("--image-size", type=int, default=IMAGE_SIZE,
@@ -633,17 +626,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="count answers over the training and validation splits (VQA v2: train2014 + val2014; "
                              "its default) or the training split only (VQA-VS's default)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N questions of each published split")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    try:
-        meta = prepare(args.raw, args.out, dataset=args.dataset, image_size=args.image_size,
-                       valid_fraction=args.valid_fraction, min_answer_count=args.min_answer_count,
-                       vocab_from=args.vocab_from, limit=args.limit, overwrite=args.overwrite,
-                       progress=not args.no_progress, images=args.images)
-    except (PrepareError, OSError) as e:  # bad input, or a disk that is full or cannot be written
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    meta = prepare(args.raw, args.out, dataset=args.dataset, image_size=args.image_size,
+                   valid_fraction=args.valid_fraction, min_answer_count=args.min_answer_count,
+                   vocab_from=args.vocab_from, limit=args.limit, overwrite=args.overwrite,
+                   progress=not args.no_progress, images=args.images)
     counts = ", ".join(f"{s} {c['questions']:,} questions / {c['images']:,} images" for s, c in meta["counts"].items())
     oov = ", ".join(f"{s} {f:.1%}" for s, f in meta["out_of_vocabulary"].items())
     ood = (f"; out-of-distribution test sets: {', '.join(f'{s} {n:,}' for s, n in meta['ood_sets'].items())}"

@@ -25,7 +25,7 @@ import torch
 
 from . import distributed
 from .experts import I2M2
-from .io import atomic_path, check_free_space
+from .io import atomic_path, check_free_space, fingerprint_differences
 
 CHECKPOINT_FORMAT = 2  # 2: with the fingerprint of the run that made it
 
@@ -86,29 +86,16 @@ def run_fingerprint(model: I2M2, phases: list, **settings: Any) -> dict[str, Any
     }, default=str))
 
 
-def fingerprint_differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    """What differs between a checkpoint's fingerprint and this call's, each as 'checkpoint ->
-    now'; the first differing parameter shapes are named."""
+def _parameters_said(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """A model's parameters in short, for ``io.fingerprint_differences``: the first differing
+    shapes, and those only one side has."""
+    a, b = stored.get("parameters", {}), wanted.get("parameters", {})
     out = []
-    a, b = stored.get("parameters", {}), wanted["parameters"]
     shapes = [f"{k} {tuple(a[k])} -> {tuple(b[k])}" for k in b if k in a and a[k] != b[k]]
     for what, items in (("parameter shapes", shapes), ("parameters only in the checkpoint", [k for k in a if k not in b]),
                         ("parameters only in the model", [k for k in b if k not in a])):
         if items:
-            out.append(f"{what} {', '.join(items[:3])}" + (f" and {len(items) - 3} more" if len(items) > 3 else ""))
-    sa, sb = stored.get("settings", {}), wanted["settings"]
-    for k in sorted(set(sa) | set(sb)):
-        x, y = sa.get(k), sb.get(k)
-        if isinstance(x, dict) and isinstance(y, dict):  # the optimizer: its type, or the settings that differ
-            keys = ["type"] if x.get("type") != y.get("type") else [*x, *(j for j in y if j not in x)]
-            out += [f"{k} {j} {x.get(j)!r} -> {y.get(j)!r}" for j in keys if x.get(j) != y.get(j)]
-        elif x != y:
-            out.append(f"{k} {x!r} -> {y!r}")
-    if stored.get("phases") != wanted["phases"] and not out:  # phases follow from the settings above
-        said = [", ".join(f"{n}({e})" for n, e in f.get("phases", [])) for f in (stored, wanted)]
-        out.append(f"phases {said[0]} -> {said[1]}")
-    if stored.get("version") != wanted["version"]:
-        out.append(f"i2m2kit version {stored.get('version')} -> {wanted['version']}")
+            out.append(f"{what}: {', '.join(items[:3])}" + (f" and {len(items) - 3} more" if len(items) > 3 else ""))
     return out
 
 
@@ -126,7 +113,9 @@ def load_checkpoint(last: Path, fingerprint: dict[str, Any]) -> dict:
     if state["format"] != CHECKPOINT_FORMAT or "fingerprint" not in state:
         raise CheckpointError(f"{last} is a checkpoint of format {state['format']}, without the record of the run "
                               f"that made it (this i2m2kit writes format {CHECKPOINT_FORMAT}); {fresh}")
-    differences = fingerprint_differences(state["fingerprint"], fingerprint)
+    # the phases follow from the settings: said only when nothing else differs
+    differences = fingerprint_differences(state["fingerprint"], fingerprint, {"parameters": _parameters_said},
+                                          implied=["phases"])
     if differences:  # resuming it would skip phases, train nothing, or fail in load_state_dict
         raise CheckpointError(f"{last} was made by another run, not resuming it (checkpoint -> this call: "
                               f"{'; '.join(differences)}); {fresh}")

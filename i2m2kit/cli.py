@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     A notebook that fails keeps its earlier results and is reported; the others still run.
     ``summary.json`` and ``index.html`` describe what is in ``--out`` afterwards, the results of
     earlier runs of notebooks not run now and every failure included. Exit code 1 if any failed."""
-    import papermill
+    from .runner import declared_parameters
 
     from .io import check_writable
     from .report import write_index
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     declared, unreadable = {}, {}
     for nb in chosen:
         try:
-            declared[nb] = set(papermill.inspect_notebook(str(nb)))
+            declared[nb] = set(declared_parameters(nb))
         except Exception as e:  # an empty or corrupt .ipynb: said, and the others still run
             unreadable[nb.stem] = {"failed": f"{nb}: not a readable notebook ({_one_line(e)})"}
             print(f"  FAILED: {unreadable[nb.stem]['failed']}", flush=True)
@@ -159,7 +159,8 @@ def compare(args: argparse.Namespace) -> int:
     from .runner import check_parameter
     from .simulate import SelectionModel
     from .tasks import synthetic
-    from .train import compare_models, resolve_device
+    from .inference import resolve_device
+    from .protocol import compare_models
 
     try:  # a bad setting (e.g. --inter nan) in one line, before any sampling
         sim = SelectionModel(n_classes=args.classes, dims=tuple(args.dims), intra=tuple(args.intra),

@@ -27,13 +27,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from .data import TensorData
 from .experts import I2M2
-from .metrics import evaluate_probs, vqa_score
-from .train import Predictions, TensorData, predict
+from .inference import Predictions, predict
+from .likelihoods import Likelihood, as_likelihood
 
 # The verdict's thresholds. An effect counts when it is larger than Z_SCORE of its noise
 # (the spread over shuffles, or the bootstrap standard error of a score) and than
@@ -43,42 +43,22 @@ Z_SCORE = 3.0
 MIN_EFFECT = 0.01
 BOOTSTRAP = 100
 VERDICTS = ("intra-dominated", "inter-dominated", "both", "undetermined")
-DEFAULT_METRIC = {"multiclass": "accuracy", "multilabel": "auroc", "answers": "vqa_score"}
 
 
 # ---------------------------------------------------------------------------- labels and scores
 
 
-def label_codes(targets: torch.Tensor, head: str = "multiclass") -> torch.Tensor:
-    """One discrete label per example, (N,) long: the class; for multilabel targets the
+def label_codes(targets: torch.Tensor, likelihood: Likelihood | str = "categorical") -> torch.Tensor:
+    """One discrete label per example, (N,) long: the class; for bernoulli targets the
     combination of labels; for soft targets (class probabilities, answer scores) the best one."""
-    if targets.ndim == 1:
-        return targets.long()
-    if head == "multilabel":
-        return torch.unique(targets.long(), dim=0, return_inverse=True)[1]
-    return targets.argmax(1)
+    return as_likelihood(likelihood).labels(targets)
 
 
-def score(logits: torch.Tensor, targets: torch.Tensor, head: str, metric: str) -> float:
+def score(logits: torch.Tensor, targets: torch.Tensor, likelihood: Likelihood, metric: str) -> float:
     """One metric of (N, K) logits against targets, from probabilities, as ``evaluate`` scores."""
     if not torch.isfinite(logits).all():
         raise FloatingPointError("model produced non-finite logits")
-    # the two means over examples directly: the diagnostics score hundreds of re-pairings
-    if metric == "accuracy" and head == "multiclass":
-        return float((logits.argmax(1) == label_codes(targets, head)).double().mean())
-    if metric == "vqa_score" and head == "answers":
-        return vqa_score(logits.numpy(), targets.numpy())
-    if metric == "auroc" and head == "multilabel":  # the mean over the labels where it is defined, as evaluate's
-        y, z = targets.numpy().astype(int), logits.double().numpy()
-        defined = [j for j in range(y.shape[1]) if y[:, j].min() != y[:, j].max()]
-        if not defined:
-            raise KeyError("metric='auroc' is not defined here: every label has one class only")
-        return float(np.mean([roc_auc_score(y[:, j], z[:, j]) for j in defined]))
-    probs = Predictions(logits, {}, targets, head).probs.numpy()
-    metrics = evaluate_probs(probs, targets.numpy(), head)
-    if metric not in metrics:
-        raise KeyError(f"metric={metric!r} is not defined here; choose one of {sorted(metrics)}")
-    return metrics[metric]
+    return likelihood.score(logits, targets, metric)
 
 
 def log_likelihood(model: I2M2, logits: torch.Tensor, targets: torch.Tensor) -> float:
@@ -86,30 +66,26 @@ def log_likelihood(model: I2M2, logits: torch.Tensor, targets: torch.Tensor) -> 
     return -float(model.loss(logits.float(), targets))
 
 
-def baseline_score(targets: torch.Tensor, head: str, metric: str) -> float:
+def baseline_score(targets: torch.Tensor, likelihood: Likelihood, metric: str) -> float:
     """The score of the best constant prediction: the majority class (accuracy), chance
     (AUROC), the answer that scores best on average (VQA score)."""
-    mean = torch.bincount(targets).double() / len(targets) if targets.ndim == 1 else targets.double().mean(0)
-    mean = mean.clamp(1e-6, 1 - 1e-6)
-    logits = mean.log() if head == "multiclass" else (mean / (1 - mean)).log()
-    return score(logits.expand(len(targets), -1).float(), targets, head, metric)
+    logits = likelihood.prior_logits(targets)
+    return score(logits.expand(len(targets), -1).float(), targets, likelihood, metric)
 
 
-def score_se(logits: torch.Tensor, targets: torch.Tensor, head: str, metric: str,
+def score_se(logits: torch.Tensor, targets: torch.Tensor, likelihood: Likelihood, metric: str,
              resamples: int = BOOTSTRAP, seed: int = 0) -> float:
     """Standard error of a score over the examples: exact for a mean over examples (accuracy,
     VQA score), by bootstrap otherwise (AUROC, ...)."""
-    pred = logits.argmax(1)
-    if (metric, head) in (("accuracy", "multiclass"), ("vqa_score", "answers")):
-        values = ((pred == label_codes(targets, head)).double() if metric == "accuracy"
-                  else targets.double()[torch.arange(len(pred)), pred])
+    values = likelihood.per_example(logits, targets, metric)
+    if values is not None:
         return float(values.std() / math.sqrt(len(values)))
     g = torch.Generator().manual_seed(seed)
     n, values = len(targets), []
     for _ in range(resamples):
         rows = torch.randint(0, n, (n,), generator=g)
         try:
-            values.append(score(logits[rows], targets[rows], head, metric))
+            values.append(score(logits[rows], targets[rows], likelihood, metric))
         except KeyError:  # e.g. AUROC of a resample holding one class only
             continue
     return float(np.std(values)) if len(values) > 1 else float("nan")
@@ -182,15 +158,16 @@ def _predict_all(models: Mapping[str, I2M2], data: Dataset, **predict_kwargs) ->
 def _check(models: Mapping[str, I2M2]) -> tuple[str, tuple[str, ...]]:
     if not models:
         raise ValueError("the diagnostics need at least one trained model")
-    heads = {m.head for m in models.values()}
+    likelihoods = {m.likelihood for m in models.values()}
     modalities = {m.modalities for m in models.values()}
-    if len(heads) != 1 or len(modalities) != 1:
-        raise ValueError(f"the models must share one head and one set of modalities, got heads {sorted(heads)} "
+    if len(likelihoods) != 1 or len(modalities) != 1:
+        raise ValueError(f"the models must share one likelihood and one set of modalities, got likelihoods "
+                         f"{sorted(lk.name for lk in likelihoods)} "
                          f"and modalities {sorted(modalities)}")
     mods = next(iter(modalities))
     if len(mods) != 2:
         raise ValueError(f"the diagnostics compare two modalities, the models read {list(mods)}")
-    return heads.pop(), mods
+    return likelihoods.pop(), mods
 
 
 # ---------------------------------------------------------------------------- the diagnostics
@@ -213,26 +190,26 @@ def label_preserving_shuffle(models: Mapping[str, I2M2], data: Dataset, *, modal
     Returns one row per model: score (real), shuffled mean and std, drop, z, p_value, and
     the same for the log-likelihood (``log_likelihood``, ``log_likelihood_drop``).
     """
-    head, mods = _check(models)
+    likelihood, mods = _check(models)
     modality = modality or mods[-1]
     if modality not in mods:
         raise KeyError(f"modality={modality!r}: the models read {list(mods)}")
     if repeats < 2:
         raise ValueError(f"repeats must be at least 2 (a spread needs two shuffles), got {repeats}")
-    metric = metric or DEFAULT_METRIC[head]
+    metric = metric or likelihood.default_metric
     base = dict(predictions or _predict_all(models, data, **predict_kwargs))
     targets = next(iter(base.values())).targets
-    labels = label_codes(targets, head)
+    labels = likelihood.labels(targets)
     g = torch.Generator().manual_seed(seed)
     orders = [label_preserving_permutation(labels, g) for _ in range(repeats)]
     rows = []
     for name, model in models.items():
-        real = score(base[name].logits, targets, head, metric)
+        real = score(base[name].logits, targets, likelihood, metric)
         real_ll = log_likelihood(model, base[name].logits, targets)
         shuffled, shuffled_ll = [], []
         for order in orders:
             z = repaired_logits(model, data, base[name], {modality: order}, **predict_kwargs)
-            shuffled.append(score(z, targets, head, metric))
+            shuffled.append(score(z, targets, likelihood, metric))
             shuffled_ll.append(log_likelihood(model, z, targets))
         mean, std = float(np.mean(shuffled)), float(np.std(shuffled, ddof=1))
         rows.append({
@@ -251,8 +228,8 @@ def cross_sample_shuffle(models: Mapping[str, I2M2], data: Dataset, *, metric: s
     """Scores with modality A shuffled, B shuffled, and both, ignoring labels, against normal
     (the multimodal-spectrum benchmark, Madaan et al., 2025). A model that falls to the
     baseline when A is shuffled relies on A; one that keeps its score relies on B alone."""
-    head, mods = _check(models)
-    metric = metric or DEFAULT_METRIC[head]
+    likelihood, mods = _check(models)
+    metric = metric or likelihood.default_metric
     base = dict(predictions or _predict_all(models, data, **predict_kwargs))
     targets = next(iter(base.values())).targets
     a, b = mods
@@ -267,7 +244,7 @@ def cross_sample_shuffle(models: Mapping[str, I2M2], data: Dataset, *, metric: s
         conditions = {"normal": base[name].logits, f"{a} shuffled": z[rho.argsort()], f"{b} shuffled": z,
                       "both shuffled": z[pi]}
         rows.append({"model": name, "metric": metric,
-                     **{c: score(logits, targets, head, metric) for c, logits in conditions.items()}})
+                     **{c: score(logits, targets, likelihood, metric) for c, logits in conditions.items()}})
     return rows
 
 
@@ -296,8 +273,8 @@ def emap(models: Mapping[str, I2M2], data: Dataset, *, references: int = 8, max_
     models' ``predictions`` on all of ``data`` (as the report has them), the sample is not
     predicted again.
     """
-    head, (a, b) = _check(models)
-    metric = metric or DEFAULT_METRIC[head]
+    likelihood, (a, b) = _check(models)
+    metric = metric or likelihood.default_metric
     g = torch.Generator().manual_seed(seed)
     n = len(data)
     rows_used = torch.randperm(n, generator=g)[:max_examples].sort().values if n > max_examples else torch.arange(n)
@@ -310,10 +287,10 @@ def emap(models: Mapping[str, I2M2], data: Dataset, *, references: int = 8, max_
         else:  # the rows of the sample in predictions on all of data
             p = predictions[name]
             base = Predictions(p.logits[rows_used], {e: z[rows_used] for e, z in p.expert_logits.items()},
-                               p.targets[rows_used], p.head)
+                               p.targets[rows_used], p.likelihood)
         targets = base.targets
         joint = [n_ for n_ in _joint_names(model) if n_ in base.expert_logits]
-        row = {"model": name, "metric": metric, "score": score(base.logits, targets, head, metric),
+        row = {"model": name, "metric": metric, "score": score(base.logits, targets, likelihood, metric),
                "log_likelihood": log_likelihood(model, base.logits, targets), "examples": len(sample)}
         if not joint:
             row.update(emap_score=row["score"], gap=0.0, log_likelihood_gap=0.0)
@@ -331,7 +308,7 @@ def emap(models: Mapping[str, I2M2], data: Dataset, *, references: int = 8, max_
         over_a = torch.stack([with_reference(a, int(r)) for r in refs])  # [r, i] = f(x_r, x'_i)
         projected = over_b.mean(0) + over_a.mean(0) - over_b[:, refs].mean((0, 1))
         z = base.logits - f + projected
-        row["emap_score"] = score(z, targets, head, metric)
+        row["emap_score"] = score(z, targets, likelihood, metric)
         row["gap"] = row["score"] - row["emap_score"]
         row["log_likelihood_gap"] = row["log_likelihood"] - log_likelihood(model, z, targets)
         out.append(row)
@@ -516,8 +493,8 @@ def dependency_report(models: Mapping[str, I2M2], data: Dataset, *, repeats: int
     uni-modal model of that modality (``uni:<modality>``), or else of the experts that read it
     alone. It is applied to the data (the labels) and to each model's predictions.
     """
-    head, mods = _check(models)
-    metric = metric or DEFAULT_METRIC[head]
+    likelihood, mods = _check(models)
+    metric = metric or likelihood.default_metric
     for name, value, low in (("repeats", repeats, 2), ("references", references, 1), ("max_examples", max_examples, 2),
                              ("emap_examples", emap_examples, 2), ("clusters", clusters, 2)):
         if not isinstance(value, int) or value < low:
@@ -541,7 +518,7 @@ def dependency_report(models: Mapping[str, I2M2], data: Dataset, *, repeats: int
             for r in label_preserving_shuffle(models, data, repeats=repeats, metric=metric, seed=seed,
                                               predictions=base, **predict_kwargs)}
     for name, r in rows.items():
-        r["score_se"] = score_se(base[name].logits, targets, head, metric, seed=seed)
+        r["score_se"] = score_se(base[name].logits, targets, likelihood, metric, seed=seed)
     step("label_preserving_shuffle", started)
 
     started = time.perf_counter()
@@ -569,15 +546,15 @@ def dependency_report(models: Mapping[str, I2M2], data: Dataset, *, repeats: int
                 raise ValueError(f"no model reads {m!r} alone, so PID has no features to discretise it: pass features")
             f = alone[0]
         codes[m] = discretise(f, clusters, seed)
-    labels = cap_codes(label_codes(targets, head).numpy())
+    labels = cap_codes(likelihood.labels(targets).numpy())
     pids = {"data": pid(codes[mods[0]], codes[mods[1]], labels)}
     for name, p in base.items():
-        predicted = label_codes((p.logits > 0).long(), head) if head == "multilabel" else p.logits.argmax(1)
+        predicted = likelihood.labels(likelihood.predicted(p.logits))
         pids[name] = pid(codes[mods[0]], codes[mods[1]], cap_codes(predicted.numpy()))
     step("pid", started)
     steps.close()
 
-    baseline = baseline_score(targets, head, metric)
+    baseline = baseline_score(targets, likelihood, metric)
     table = list(rows.values())
     decision, reasons = verdict(table, baseline)
     return DependencyReport(metric, baseline, len(targets), mods, table, pids, decision, reasons, seconds)

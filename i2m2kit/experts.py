@@ -13,17 +13,8 @@ loss on the combined output. Baselines are the same object with fewer experts:
     inter-modality  every expert reading several modalities   model.inter()
     I2M2            all of them                               model
 
-Two kinds of head:
-
-* ``"multiclass"``: K mutually exclusive classes. Experts give (B, K) logits; the product
-  of the experts' softmax distributions, renormalised, is ``softmax(sum of logits)``.
-* ``"multilabel"``: L independent binary labels (fastMRI's four findings). Experts give
-  (B, L) log-odds; the renormalised product of the experts' Bernoulli distributions for each
-  label is ``sigmoid(sum of log-odds)``; binary cross-entropy on the summed logits.
-* ``"answers"``: soft scores in [0, 1] per candidate answer (VQA: how many annotators gave
-  it). Combined and trained exactly as ``"multilabel"`` (each answer a Bernoulli whose experts
-  multiply; binary cross-entropy of the summed logits against the scores), but the model
-  answers with its most probable answer and is scored by the VQA score of that answer.
+The output family (``likelihoods.py``: ``Categorical``, ``Bernoulli``, ``SoftScores``) turns the
+summed logits into a distribution and owns the loss, the target check and the metrics.
 
 Every model built from an I2M2, baselines included, gets the same loss on its own summed
 logits: never log-probabilities for one and raw logits for another.
@@ -35,10 +26,9 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-HEADS = ("multiclass", "multilabel", "answers")
+from .likelihoods import Likelihood, as_likelihood, describe
 
 
 class MissingModalityError(ValueError):
@@ -64,15 +54,6 @@ def unregistered_tensors(net: nn.Module):
             for key, t in items:
                 if isinstance(t, torch.Tensor) and t.requires_grad and id(t) not in registered:
                     yield ".".join(filter(None, [module_name, attr, str(key)]))
-
-
-def describe(x) -> str:
-    """Shape and dtype of an input (tensors, or tuples of them), for error messages."""
-    if isinstance(x, torch.Tensor):
-        return f"{tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}"
-    if isinstance(x, tuple):
-        return "(" + ", ".join(map(describe, x)) + ")"
-    return type(x).__name__
 
 
 class Expert(nn.Module):
@@ -126,26 +107,27 @@ class Expert(nn.Module):
         return f"reads={self.reads}"
 
 
+def same_shape(expert_logits: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The experts' logits, refused unless they agree in shape (else broadcasting would sum them)."""
+    (first, z0), *rest = expert_logits.items()
+    for name, z in rest:
+        if z.shape != z0.shape:
+            raise ValueError(f"expert {name!r} returned logits of shape {tuple(z.shape)}, expert "
+                             f"{first!r} {tuple(z0.shape)}: experts must agree")
+    return list(expert_logits.values())
+
+
 @dataclass
 class Output:
     """What a product of experts returns for a batch."""
 
     logits: torch.Tensor  # (B, K) sum of the experts' logits
     expert_logits: dict[str, torch.Tensor]  # {expert name: (B, K)}, only the experts that ran
-    log_probs: torch.Tensor  # multiclass: log_softmax(logits); multilabel, answers: logsigmoid(logits)
+    log_probs: torch.Tensor  # the likelihood's: log_softmax(logits) (categorical), logsigmoid (the others)
 
     @property
     def probs(self) -> torch.Tensor:
         return self.log_probs.exp()
-
-
-def log_probs(logits: torch.Tensor, head: str) -> torch.Tensor:
-    """Log-probabilities of a head's logits (per class, or of each label being positive)."""
-    if head == "multiclass":
-        return F.log_softmax(logits, dim=-1)
-    if head in ("multilabel", "answers"):
-        return F.logsigmoid(logits)
-    raise ValueError(f"head must be one of {HEADS}, got {head!r}")
 
 
 class I2M2(nn.Module):
@@ -153,7 +135,8 @@ class I2M2(nn.Module):
 
     Args:
         experts: ``{name: Expert}``; any number, in any combination of modalities.
-        head: ``"multiclass"``, ``"multilabel"`` or ``"answers"`` (see the module docstring).
+        likelihood: the output family, ``ik.Categorical()`` (default), ``ik.Bernoulli()``,
+            ``ik.SoftScores()``, or the shorthand of one (see ``likelihoods.py``).
         backbone: optional shared module run once on the inputs; it returns a dict of
             features that the experts read instead of the raw inputs (the frozen
             shared-backbone regime of the vision-language benchmarks).
@@ -165,7 +148,7 @@ class I2M2(nn.Module):
     def __init__(
         self,
         experts: Mapping[str, Expert],
-        head: str = "multiclass",
+        likelihood: Likelihood | str = "categorical",
         backbone: nn.Module | None = None,
         modalities: Sequence[str] | None = None,
     ):
@@ -175,10 +158,8 @@ class I2M2(nn.Module):
         for name, expert in experts.items():
             if not isinstance(expert, Expert):
                 raise TypeError(f"expert {name!r} must be an ik.Expert, got {type(expert).__name__}")
-        if head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         self.experts = nn.ModuleDict(dict(experts))
-        self.head = head
+        self.likelihood = as_likelihood(likelihood)
         self.backbone = backbone
         if modalities is None:
             modalities = sorted({m for e in self.experts.values() for m in e.reads})
@@ -190,6 +171,42 @@ class I2M2(nn.Module):
             if backbone is None and unknown:  # without a backbone the experts read the inputs themselves
                 raise ValueError(f"expert {name!r} reads {', '.join(map(repr, unknown))}, not among the model's "
                                  f"modalities {list(self.modalities)}: it has nothing to read and would never run")
+
+    def forward(self, inputs: Mapping[str, torch.Tensor], strict: bool = False) -> Output:
+        """The experts' logits and their sum. An expert whose modality is absent drops out
+        (a missing modality at test time), unless ``strict``: then that is an error naming it."""
+        features = self.checked_inputs(inputs)
+        if self.backbone is not None:
+            features = self.backbone(features)
+        if strict:  # training and validation: every expert runs, or the model is not the one asked for
+            self.require_experts(features, "the batch")
+        expert_logits = {name: expert(features) for name, expert in self.experts_that_run(features).items()}
+        logits = torch.stack(same_shape(expert_logits)).sum(0)
+        return Output(logits, expert_logits, self.likelihood.log_probs(logits))
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """One loss on the combined output, the same for every model built from this one:
+        the likelihood's (``weight``: per class, or per label's positive class)."""
+        return self.likelihood.loss(logits, target, weight)
+
+    # -- the guards, where the data enter
+
+    def checked_inputs(self, inputs: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+        if not isinstance(inputs, Mapping):
+            raise TypeError(f"the model takes a dict {{modality: tensor}}, got {type(inputs).__name__}")
+        unknown = sorted(set(inputs) - set(self.modalities))
+        if unknown:
+            raise KeyError(f"unknown input modality {', '.join(map(repr, unknown))}; "
+                           f"this model reads {list(self.modalities)}")
+        return inputs
+
+    def experts_that_run(self, features: Mapping[str, torch.Tensor]) -> dict[str, Expert]:
+        """The experts whose modalities are all present; at least one."""
+        present = {n: e for n, e in self.experts.items() if all(m in features for m in e.reads)}
+        if not present:
+            needs = {n: list(e.reads) for n, e in self.experts.items()}
+            raise ValueError(f"no expert can run on modalities {sorted(features)}; experts read {needs}")
+        return present
 
     def require_experts(self, available: Iterable[str], where: str) -> None:
         """Refuse ``available`` modalities that leave an expert out, naming each such expert and
@@ -209,71 +226,6 @@ class I2M2(nn.Module):
                 f"{'them' if sum(map(len, lacking.values())) > 1 else 'it'} out; give every modality "
                 f"the experts read, or fit a subset of the experts (model.subset)")
 
-    def forward(self, inputs: Mapping[str, torch.Tensor], strict: bool = False) -> Output:
-        """The experts' logits and their sum. An expert whose modality is absent drops out
-        (a missing modality at test time), unless ``strict``: then that is an error naming it."""
-        if not isinstance(inputs, Mapping):
-            raise TypeError(f"the model takes a dict {{modality: tensor}}, got {type(inputs).__name__}")
-        unknown = sorted(set(inputs) - set(self.modalities))
-        if unknown:
-            raise KeyError(
-                f"unknown input modality {', '.join(map(repr, unknown))}; "
-                f"this model reads {list(self.modalities)}"
-            )
-        features = self.backbone(inputs) if self.backbone is not None else inputs
-        if strict:  # training and validation: every expert runs, or the model is not the one asked for
-            self.require_experts(features, "the batch")
-        # An expert whose modality is absent drops out: a missing modality at test time.
-        present = {n: e for n, e in self.experts.items() if all(m in features for m in e.reads)}
-        if not present:
-            needs = {n: list(e.reads) for n, e in self.experts.items()}
-            raise ValueError(f"no expert can run on modalities {sorted(inputs)}; experts read {needs}")
-        expert_logits = {}
-        for name, expert in present.items():
-            z = expert(features)
-            if expert_logits and z.shape != next(iter(expert_logits.values())).shape:
-                first = next(iter(expert_logits))
-                raise ValueError(
-                    f"expert {name!r} returned logits of shape {tuple(z.shape)}, expert "
-                    f"{first!r} {tuple(expert_logits[first].shape)}: experts must agree"
-                )
-            expert_logits[name] = z
-        logits = torch.stack(list(expert_logits.values())).sum(0)
-        return Output(logits, expert_logits, log_probs(logits, self.head))
-
-    def loss(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        """One loss on the combined output, the same for every model built from this one.
-
-        multiclass: cross-entropy; ``target`` holds class indices (B,) or probabilities (B, K);
-        ``weight`` is a per-class weight. multilabel: binary cross-entropy on the logits;
-        ``target`` (B, L) holds 0/1 labels or soft scores; ``weight`` is a per-label
-        positive-class weight. answers: the same binary cross-entropy against the scores,
-        summed over answers and averaged over examples (a mean over thousands of answers,
-        nearly all scoring 0, would shrink the gradient by their number).
-        """
-        if self.head == "multiclass":
-            k = logits.shape[-1]
-            if target.shape == logits.shape[:1] and not target.is_floating_point():
-                # torch says "out of bounds"; on a GPU (not checked here: a host sync every step) a device assert
-                outside = target[(target < 0) | (target >= k)] if target.device.type == "cpu" else ()
-                if len(outside):
-                    raise ValueError(f"target class {int(outside[0])} is outside 0..{k - 1}: the model has {k} classes")
-                if target.dtype == torch.bool:  # torch would read it as bytes, or refuse it obscurely
-                    raise ValueError(f"multiclass targets must be class indices, got {describe(target)}; "
-                                     f"pass target.long()")
-                target = target.long()  # int32 or uint8 class indices: the same classes
-            elif target.shape != logits.shape or not target.is_floating_point():
-                raise ValueError(f"multiclass targets must be class indices (integers, shape {tuple(logits.shape[:1])}) "
-                                 f"or probabilities (floats, shape {tuple(logits.shape)}); got {describe(target)}")
-            if weight is not None and weight.shape != (k,):  # else torch's error at the first step
-                raise ValueError(f"loss_weight must hold one weight per class ({k}), got shape {tuple(weight.shape)}")
-            return F.cross_entropy(logits, target, weight=weight)
-        if target.shape != logits.shape:
-            raise ValueError(f"{self.head} targets must have the logits' shape {tuple(logits.shape)}, "
-                             f"got {describe(target)}")
-        bce = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), pos_weight=weight)
-        return bce * logits.shape[-1] if self.head == "answers" else bce
-
     # -- baselines from the same object (they share this model's experts and parameters) --
 
     def subset(self, *names: str) -> "I2M2":
@@ -281,7 +233,7 @@ class I2M2(nn.Module):
         missing = [n for n in names if n not in self.experts]
         if missing or not names:
             raise KeyError(f"no expert named {missing or '(none given)'}; experts are {list(self.experts)}")
-        return I2M2({n: self.experts[n] for n in names}, self.head, self.backbone, self.modalities)
+        return I2M2({n: self.experts[n] for n in names}, self.likelihood, self.backbone, self.modalities)
 
     def intra(self) -> "I2M2":
         """The intra-modality model: every expert that reads a single modality."""

@@ -1,8 +1,11 @@
-"""Small I/O helpers shared by the package and the data scripts: nothing half-written."""
+"""Small I/O helpers shared by the package and the data scripts: nothing half-written; and
+what every data script shares, its command line and the way it ends."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import functools
 import glob
 import hashlib
 import http.client
@@ -10,11 +13,12 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -214,25 +218,60 @@ def fingerprint(raw: str | os.PathLike | None, settings: Any, reads: Iterable[st
             "settings": json.loads(json.dumps(settings, default=str)), "version": __version__}
 
 
-def fingerprint_differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    """The fields of two fingerprints that differ, each said as 'field: stored -> wanted'."""
-    said = {"raw_identity": "raw files (names, sizes or times)"}
-    out = []
-    for key in sorted(set(stored) | set(wanted)):
-        if key == "raw_files" or stored.get(key) == wanted.get(key):
-            continue
-        if key == "raw_identity":
-            out.append(f"{said[key]} changed ({stored.get('raw_files')} -> {wanted.get('raw_files')} files)")
-        elif key == "settings" and isinstance(stored.get(key), dict) and isinstance(wanted.get(key), dict):
-            a, b = stored[key], wanted[key]
-            out += [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-        else:
-            out.append(f"{key}: {stored.get(key)!r} -> {wanted.get(key)!r}")
+def fingerprint_differences(stored: dict[str, Any], wanted: dict[str, Any],
+                            summaries: dict[str, Callable[[dict, dict], list[str]]] | None = None,
+                            implied: Iterable[str] = ()) -> list[str]:
+    """What differs between two fingerprints, a prepared folder's (``fingerprint``) or a run's
+    (``checkpoints.run_fingerprint``), each said 'field: stored -> wanted'. The fields of
+    ``settings`` are named by themselves, those of a record within by their path
+    (``optimizer.lr``); a record whose ``type`` differs is said by its type alone (its other
+    fields are another type's). ``summaries``: field -> function of the two fingerprints giving
+    the lines, for a field better said in short (a model's every parameter shape); ``implied``:
+    fields that follow from the others, said only when nothing else differs."""
+    said = {**_RAW_FILES, **(summaries or {})}
+    implied = list(implied)
+
+    def lines(key: str) -> list[str]:
+        if key in said:
+            return said[key](stored, wanted)
+        a, b = stored.get(key), wanted.get(key)
+        named_by_themselves = key == "settings" and isinstance(a, dict) and isinstance(b, dict)
+        return _record_differences(a, b, "" if named_by_themselves else key)
+
+    out = [line for key in sorted(set(stored) | set(wanted))
+           if key not in implied and stored.get(key) != wanted.get(key) for line in lines(key)]
+    for key in implied:
+        if not out and stored.get(key) != wanted.get(key):
+            out += lines(key)
     return out
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+# a prepared folder's raw files: their identity is a hash, so what is said is their count
+_RAW_FILES = {
+    "raw_identity": lambda a, b: [f"raw files (names, sizes or times) changed "
+                                  f"({a.get('raw_files')} -> {b.get('raw_files')} files)"],
+    "raw_files": lambda a, b: [],
+}
+
+
+def _record_differences(a: Any, b: Any, path: str) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = ["type"] if a.get("type") != b.get("type") else sorted(set(a) | set(b))
+        return [line for k in keys if a.get(k) != b.get(k)
+                for line in _record_differences(a.get(k), b.get(k), f"{path}.{k}" if path else k)]
+    return [f"{path}: {a!r} -> {b!r}"]
+
+
+def sha256(data: bytes | str | os.PathLike) -> str:
+    """The hex digest of ``data``'s bytes, or of the file at the path ``data`` (streamed:
+    a file of gigabytes is never held in memory)."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256()
+    with open(data, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def fetch(urls: list[str], dest: Path, check: Callable[[Path], None], progress: bool = True) -> None:
@@ -322,6 +361,13 @@ def output_folder_problem(out: str | os.PathLike, overwrite: bool, inputs: Itera
     return None
 
 
+def check_output(out: str | os.PathLike, overwrite: bool, inputs: Iterable[str | os.PathLike] = (),
+                 outputs: Iterable[str] | None = None) -> None:
+    """Refuse, in one line, an ``out`` that ``output_folder_problem`` says must not be written."""
+    if problem := output_folder_problem(out, overwrite, inputs, outputs):
+        raise PrepareError(problem)
+
+
 def read_array(file: str | os.PathLike, mmap_mode: str | None = None) -> np.ndarray:
     """A ``.npy`` array; a truncated, empty or foreign file fails naming it (numpy's errors do not)."""
     try:
@@ -340,3 +386,49 @@ def class_labels(labels: np.ndarray, n_classes: int, file: str | os.PathLike) ->
     if len(bad):
         raise ValueError(f"{file}: label {labels[bad[0]]} of example {bad[0]} is not a class in 0..{n_classes - 1}")
     return labels.astype(np.int64)
+
+
+# ---------------------------------------------------------------------- the data scripts' command line
+
+EXIT_ERROR = 2  # a data script's exit status when its input or output location is refused
+
+
+def script_parser(doc: str, writes: str, default_out: str | None = None) -> argparse.ArgumentParser:
+    """A data script's command line, described by the first paragraph of its docstring ``doc``,
+    with the options every script takes, spelled and meant one way: ``--out`` (``writes``: what
+    goes there; required unless ``default_out``), ``--overwrite``, ``--no-progress``; the script
+    adds its own (what it reads). ``--out`` is kept as given: ``Path("")`` would silently be the
+    working folder, which a script's ``prepare`` may refuse."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = parser.add_argument_group("options of every data script")
+    common.add_argument("--out", required=default_out is None, default=default_out,
+                        help=writes + ("" if default_out is None else f" (default: {default_out})"))
+    common.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    common.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def script_main(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
+    """A data script's ``main(argv)``, ending the way every script does: input it refuses, or an
+    output location that cannot take the result (PrepareError; OSError: a disk unwritable or
+    full, whose message names it), is the one line ``error: ...`` on stderr and exit status
+    ``EXIT_ERROR``; anything else is a bug, and shows its traceback."""
+    @functools.wraps(main)
+    def run(argv: Sequence[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except (PrepareError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_ERROR
+    return run
+
+
+@contextlib.contextmanager
+def as_prepare_error() -> Iterator[None]:
+    """An OSError in the block raised as a PrepareError with its message, for a ``prepare``
+    whose every refusal is one: an unwritable or full ``--out`` is said like bad input."""
+    try:
+        yield
+    except OSError as e:
+        raise PrepareError(str(e)) from None

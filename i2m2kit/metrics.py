@@ -82,29 +82,6 @@ def multilabel_metrics(probs: np.ndarray, y: np.ndarray, threshold: float = 0.5)
     return out
 
 
-def evaluate_probs(probs: np.ndarray, targets: np.ndarray, head: str) -> dict[str, float]:
-    """The metrics that fit a head and its targets.
-
-    multiclass with index targets: accuracy, balanced accuracy, AUROC, AUPRC, NLL, ECE.
-    multilabel with 0/1 targets: per-label and mean AUROC, AUPRC, balanced accuracy,
-    sensitivity, specificity. answers (soft answer scores, VQA): the VQA score.
-    """
-    probs, targets = np.asarray(probs), np.asarray(targets)
-    if not np.isfinite(probs).all():
-        raise FloatingPointError("model produced non-finite probabilities")
-    if head == "multiclass":
-        if targets.ndim == 2:  # soft class targets: score against the most probable class
-            targets = targets.argmax(axis=1)
-        return multiclass_metrics(probs, targets)
-    if head == "multilabel":
-        if not np.isin(targets, (0, 1)).all():
-            raise ValueError("multilabel targets must be 0 or 1; soft answer scores take head='answers'")
-        return multilabel_metrics(probs, targets)
-    if head == "answers":
-        return {"vqa_score": vqa_score(probs, targets)}
-    raise ValueError(f"unknown head {head!r}")
-
-
 def event1_threshold(scores: np.ndarray, y: np.ndarray) -> float:
     """The threshold on ``scores`` (higher: more likely positive) that maximises the
     PhysioNet/CinC 2012 event-1 score, min(sensitivity, positive predictive value), on (y, scores)."""

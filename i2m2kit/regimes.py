@@ -14,10 +14,11 @@ from typing import Any, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
+from .data import TensorData
 from .diagnostics import dependency_report
+from .protocol import compare_models
 from .simulate import SelectionModel
 from .tasks import synthetic
-from .train import TensorData, compare_models
 
 # pretraining each expert alone only differs from joint training where there are several
 PRETRAINED_MODELS = ("intra", "i2m2")

@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from .io import atomic_path
@@ -126,7 +127,7 @@ def check_parameter(name: str, value: Any, kind: type | tuple[type, ...] | None 
 
 def check_device(name: str, value: Any) -> None:
     """A device parameter: a name, and one this machine has (``"auto"``, ``"cpu"``, ``"cuda"``, ...)."""
-    from .train import resolve_device
+    from .inference import resolve_device
 
     check_parameter(name, value, kind=str)
     try:
@@ -135,12 +136,76 @@ def check_device(name: str, value: Any) -> None:
         raise ValueError(f"parameter {name}={value!r}: {e}") from None
 
 
+Bound = Any  # a number, a choice list, or a function of the notebook's parameters giving one
+
+
+@dataclass(frozen=True)
+class Param:
+    """A notebook parameter's declaration, written as its annotation in the ``parameters`` cell,
+    beside its value (papermill's injected values replace the values, not the annotations)::
+
+        epochs: Param(int, low=1) = 3             # epochs of each stage
+        regime: Param(choices=("joint", "pretrain_finetune")) = "joint"
+        valid_size: Param(int, low=1, high=lambda p: p["n_train"] - 1) = 500
+        device: Param(device=True) = "auto"
+
+    ``check_parameters(globals())`` then checks every declared parameter in one call (see
+    ``check_parameter`` for ``kind``, ``low``, ``high``, ``choices``, ``items``); a bound
+    may be a function of the parameters, for one that depends on another."""
+
+    kind: type | tuple[type, ...] | None = None
+    low: Bound = None
+    high: Bound = None
+    choices: Bound = None
+    items: type | tuple[type, ...] | None = None
+    device: bool = False
+
+    def check(self, name: str, value: Any, parameters: Mapping[str, Any]) -> None:
+        if self.device:
+            return check_device(name, value)
+        given = {k: v(parameters) if callable(v) and not isinstance(v, type) else v
+                 for k, v in (("low", self.low), ("high", self.high), ("choices", self.choices))}
+        check_parameter(name, value, kind=self.kind, items=self.items, **given)
+
+
+def check_parameters(namespace: Mapping[str, Any]) -> None:
+    """Check every parameter a notebook declares with ``Param`` (pass ``globals()``): a bad
+    value fails at once with a message naming the parameter, not deep inside training."""
+    for name, declared in namespace.get("__annotations__", {}).items():
+        if isinstance(declared, Param):
+            declared.check(name, namespace[name], namespace)
+
+
+def declared_parameters(notebook: str | os.PathLike) -> list[str]:
+    """The names the notebook's ``parameters`` cell assigns, in order (plain or annotated)."""
+    import ast
+
+    import nbformat
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    cells = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
+    names = []
+    for cell in cells[:1]:
+        for node in ast.parse(cell.source).body:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+            names += [t.id for t in targets if isinstance(t, ast.Name)]
+    return names
+
+
+def write_metrics(metrics: Mapping[str, Any], output_dir: str | os.PathLike) -> Path:
+    """A notebook's numbers, to ``<output_dir>/metrics.json`` (atomically), said where."""
+    from .io import write_json_atomic
+
+    path = Path(output_dir) / "metrics.json"
+    write_json_atomic(dict(metrics), path)
+    print(f"numbers written to {path}")
+    return path
+
+
 def check_known_parameters(notebook: str | os.PathLike, parameters: Mapping[str, Any]) -> None:
     """Refuse parameters the notebook's ``parameters`` cell does not declare (papermill would
     inject them silently and the run would ignore them)."""
-    import papermill
-
-    declared = papermill.inspect_notebook(str(notebook))
+    declared = declared_parameters(notebook)
     unknown = sorted(set(parameters) - set(declared))
     if unknown:
         raise ValueError(f"{Path(notebook).name}: unknown parameter{'s' * (len(unknown) > 1)} "

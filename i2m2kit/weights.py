@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .experts import I2M2
-from .train import predict
+from .inference import predict
 
 
 def weigh_experts(model: I2M2, valid, device: str | torch.device = "auto", batch_size: int = 512,

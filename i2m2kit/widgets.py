@@ -15,9 +15,11 @@ import torch
 
 from . import contributions as C
 from . import plots
+from .data import TensorData
 from .experts import I2M2
+from .inference import Predictions, predict
+from .likelihoods import Categorical
 from .simulate import SelectionModel
-from .train import Predictions, TensorData, predict
 
 
 def selection_explorer(n: int = 3000, intra: float = 1.0, inter: float = 2.0, seed: int = 0,
@@ -66,8 +68,8 @@ class ContributionExplorer(widgets.VBox):
                  max_points: int = 2000, device: str = "auto"):
         super().__init__()
         self.models = dict(models.baselines() if isinstance(models, I2M2) else models)
-        if any(m.head != "multiclass" for m in self.models.values()):
-            raise ValueError("the contribution explorer needs multiclass models (a sum of per-class logits)")
+        if any(not isinstance(m.likelihood, Categorical) for m in self.models.values()):
+            raise ValueError("the contribution explorer needs categorical models (a sum of per-class logits)")
         if data is None and simulator is None:
             raise ValueError("give the data to explore, or a simulator to sample it from")
         self.simulator, self.device, self.max_points = simulator, device, max_points

@@ -1,6 +1,7 @@
-"""Faults simulated for the data scripts' tests: a folder that takes no file, a full disk, a
-real small disk, a script run in a process of its own, an input that cannot be opened. The
-tests run as root, for whom no permission bit blocks anything, so the faults are simulated."""
+"""What the data scripts' tests share: the script under test as a fixture, and the faults they
+simulate: a folder that takes no file, a full disk, a real small disk, a script run in a
+process of its own, an input that cannot be opened. The tests run as root, for whom no
+permission bit blocks anything, so the faults are simulated."""
 
 from __future__ import annotations
 
@@ -13,8 +14,18 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import load_data_script
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def script_fixture(name: str):
+    """The fixture ``prep``: data_scripts/<name>.py as a module, loaded once for the test module
+    (``prep = script_fixture("prepare_mimic")``)."""
+    @pytest.fixture(scope="module", name="prep")
+    def prep():
+        return load_data_script(name)
+    return prep
 
 
 def refuse_writes_in(monkeypatch, folder: Path) -> None:

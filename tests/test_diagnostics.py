@@ -213,8 +213,8 @@ def test_emap_is_exact_for_an_additive_joint_expert_and_matches_brute_force_othe
         projected = every.mean(1) + every.mean(0) - every.mean((0, 1))
         logits = model.experts["x"].net(data.inputs["x"]) + projected
     [row] = D.emap({"m": model}, data, references=40, device="cpu")
-    want = D.score(model(data.inputs).logits.detach(), data.targets, "multiclass", "accuracy") - \
-        D.score(logits, data.targets, "multiclass", "accuracy")
+    want = D.score(model(data.inputs).logits.detach(), data.targets, ik.Categorical(), "accuracy") - \
+        D.score(logits, data.targets, ik.Categorical(), "accuracy")
     assert row["gap"] == pytest.approx(want, abs=1e-9)
     assert row["log_likelihood_gap"] == pytest.approx(
         D.log_likelihood(model, model(data.inputs).logits.detach(), data.targets) - D.log_likelihood(model, logits, data.targets), abs=1e-5)
@@ -230,27 +230,29 @@ def test_bad_arguments_are_refused_naming_them(inter_only):
         D.dependency_report(trained, test, references=0)
     with pytest.raises(ValueError, match="at least one trained model"):
         D.dependency_report({}, test)
-    multilabel = ik.I2M2({"x": ik.Expert(nn.Linear(6, 2), "x"), "x2": ik.Expert(nn.Linear(6, 2), "x2")}, head="multilabel")
-    with pytest.raises(ValueError, match="share one head"):
+    multilabel = ik.I2M2({"x": ik.Expert(nn.Linear(6, 2), "x"), "x2": ik.Expert(nn.Linear(6, 2), "x2")}, likelihood="bernoulli")
+    with pytest.raises(ValueError, match="share one likelihood"):
         D.dependency_report({"a": trained["i2m2"], "b": multilabel}, test)
     with pytest.raises(KeyError, match="metric='auprc_macro'"):
         D.label_preserving_shuffle(trained, test, metric="auprc_macro")
 
 
-def test_the_report_works_for_multilabel_and_soft_answer_heads():
+def test_the_report_works_for_bernoulli_and_soft_score_likelihoods():
     g = torch.Generator().manual_seed(0)
     x, x2 = torch.randn(400, 3, generator=g), torch.randn(400, 3, generator=g)
-    for head, targets in (("multilabel", (torch.stack([x[:, 0], x2[:, 0]], 1) > 0).float()),
-                          ("answers", torch.softmax(5 * torch.stack([x[:, 0], x2[:, 0], x[:, 1]], 1), 1).round(decimals=1))):
+    for likelihood, targets in ((ik.Bernoulli(), (torch.stack([x[:, 0], x2[:, 0]], 1) > 0).float()),
+                                (ik.SoftScores(), torch.softmax(5 * torch.stack([x[:, 0], x2[:, 0], x[:, 1]], 1), 1).round(decimals=1))):
         k = targets.shape[1]
         torch.manual_seed(0)
         model = ik.I2M2({"x": ik.Expert(nn.Linear(3, k), "x"), "x2": ik.Expert(nn.Linear(3, k), "x2"),
                          "joint": ik.Expert(Bilinear(False) if k == 2 else synthetic.Concat(nn.Linear(6, k)), ("x", "x2"))},
-                        head=head)
+                        likelihood=likelihood)
         report = D.dependency_report(model.baselines(), ik.TensorData({"x": x, "x2": x2}, targets), repeats=3,
                                      device="cpu")
-        assert report.metric == D.DEFAULT_METRIC[head] and report.verdict in D.VERDICTS
+        assert report.metric == {"bernoulli": "auroc", "soft_scores": "vqa_score"}[likelihood.name]
+        assert report.verdict in D.VERDICTS
         logits = model({"x": x, "x2": x2}).logits.detach()
-        assert D.score(logits, targets, head, report.metric) == pytest.approx(
-            ik.evaluate_probs(ik.Predictions(logits, {}, targets, head).probs.numpy(), targets.numpy(), head)[report.metric])
+        assert D.score(logits, targets, likelihood, report.metric) == pytest.approx(  # the quick path, as evaluate's
+            ik.evaluate_probs(ik.Predictions(logits, {}, targets, likelihood).probs.numpy(), targets.numpy(),
+                              likelihood)[report.metric])
         assert set(report.pid) == {"data", "uni:x", "uni:x2", "intra", "inter", "i2m2"}

@@ -19,13 +19,13 @@ class Linear2(nn.Module):
         return self.a(x1) * torch.tanh(self.b(x2))
 
 
-def three_experts(k=5, head="multiclass"):
+def three_experts(k=5, likelihood="categorical"):
     torch.manual_seed(0)
     return ik.I2M2({
         "image": ik.Expert(nn.Linear(4, k), reads="image"),
         "audio": ik.Expert(nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, k)), reads=("audio",)),
         "joint": ik.Expert(Linear2(4, 3, k), reads=("image", "audio")),
-    }, head=head)
+    }, likelihood=likelihood)
 
 
 def batch(n=7):
@@ -118,20 +118,21 @@ def test_bad_inputs_name_the_culprit():
     bad = ik.I2M2({"a": ik.Expert(nn.Linear(4, 5), "image"), "b": ik.Expert(nn.Linear(3, 4), "audio")})
     with pytest.raises(ValueError, match="expert 'b' returned logits of shape"):
         bad(inputs)
-    with pytest.raises(ValueError, match="head"):
-        ik.I2M2({"a": ik.Expert(nn.Linear(4, 5), "image")}, head="softmax")
+    with pytest.raises(ValueError, match="likelihood must be ik.Categorical"):
+        ik.I2M2({"a": ik.Expert(nn.Linear(4, 5), "image")}, likelihood="softmax")
 
 
-@pytest.mark.parametrize("head, target, message", [
+@pytest.mark.parametrize("likelihood, target, message", [
     ("multiclass", torch.tensor([0, 1, 2, 3, 4, 5, 1]), r"target class 5 is outside 0\.\.4: the model has 5 classes"),
     ("multiclass", torch.tensor([0, 1, 2, 3, 4, -1, 1]), r"target class -1 is outside 0\.\.4"),
     ("multiclass", torch.zeros(7), r"class indices .* got \(7,\) float32"),  # float labels
     ("multiclass", torch.zeros(7, 1, dtype=torch.long), r"got \(7, 1\) int64"),
     ("multiclass", torch.zeros(6, dtype=torch.long), r"got \(6,\) int64"),
-    ("multilabel", torch.zeros(7), r"multilabel targets must have the logits' shape \(7, 5\), got \(7,\) float32"),
+    (ik.Bernoulli(), torch.zeros(7), r"bernoulli targets must have the logits' shape \(7, 5\), got \(7,\) float32"),
+    (ik.SoftScores(), torch.zeros(7, 4), r"soft_scores targets must have the logits' shape \(7, 5\)"),
 ])
-def test_bad_targets_are_named_by_the_loss(head, target, message):
-    model = three_experts(head=head)
+def test_bad_targets_are_named_by_the_loss(likelihood, target, message):
+    model = three_experts(likelihood=likelihood)
     with pytest.raises(ValueError, match=message):
         model.loss(model(batch()).logits, target)
 
@@ -146,8 +147,8 @@ def test_inputs_of_the_wrong_type_or_dtype_are_named():
         model({**inputs, "image": inputs["image"].long()})
 
 
-def test_multilabel_head_is_the_renormalised_product_of_bernoulli_experts():
-    model, inputs = three_experts(k=4, head="multilabel"), batch()
+def test_the_bernoulli_likelihood_is_the_renormalised_product_of_bernoulli_experts():
+    model, inputs = three_experts(k=4, likelihood=ik.Bernoulli()), batch()
     out = model(inputs)
     zs = torch.stack(list(out.expert_logits.values()))  # (experts, B, L)
     yes, no = torch.sigmoid(zs).prod(0), torch.sigmoid(-zs).prod(0)
@@ -164,7 +165,7 @@ def test_soft_answer_scores_get_one_loss_on_the_summed_logits_for_every_model():
     """VQA: each answer a Bernoulli whose experts multiply; binary cross-entropy of each
     model's own summed logits against the scores, summed over answers, for I2M2 and every
     baseline alike (the published code gave I2M2 renormalised log-probabilities instead)."""
-    model, inputs = three_experts(k=5, head="answers"), batch()
+    model, inputs = three_experts(k=5, likelihood="soft_scores"), batch()
     scores = torch.tensor([0.0, 0.3, 0.6, 0.9, 1.0]).repeat(7, 1)
     for name, baseline in model.baselines().items():
         out = baseline(inputs)
@@ -175,7 +176,7 @@ def test_soft_answer_scores_get_one_loss_on_the_summed_logits_for_every_model():
         torch.testing.assert_close(out.log_probs, F.logsigmoid(summed))
     # the answer is the most probable one; the score is that answer's soft score
     out = model(inputs)
-    metrics = ik.evaluate_probs(out.probs.detach().numpy(), scores.numpy(), "answers")
+    metrics = ik.evaluate_probs(out.probs.detach().numpy(), scores.numpy(), "soft_scores")
     chosen = out.logits.argmax(1)
     assert metrics["vqa_score"] == pytest.approx(float(scores[torch.arange(7), chosen].mean()))
 

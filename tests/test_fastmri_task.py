@@ -75,7 +75,7 @@ def test_load_names_a_folder_that_is_not_prepared(tmp_path):
 
 def test_default_experts_are_preact_resnet18_with_group_norm():
     model = fastmri.build_model()
-    assert model.head == "multilabel"
+    assert model.likelihood == ik.Bernoulli()
     assert {n: e.reads for n, e in model.experts.items()} == {
         "magnitude": ("magnitude",), "phase": ("phase",), "joint": ("magnitude", "phase")}
     for name, expert in model.experts.items():

@@ -42,7 +42,7 @@ def test_vqa_score_is_the_soft_score_of_the_predicted_answer():
     # one answer per question (easy-VQA): still the VQA score, which is then the accuracy
     one_hot = np.eye(3)[[1, 2]]
     assert ik.evaluate_probs(probs, one_hot, "answers") == {"vqa_score": 1.0}
-    with pytest.raises(ValueError, match="head='answers'"):
+    with pytest.raises(ValueError, match="likelihood='soft_scores'"):
         ik.evaluate_probs(probs, scores, "multilabel")
 
 

@@ -18,16 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io.wavfile
-from conftest import load_data_script
+from faults import script_fixture
 
 from i2m2kit.tasks import avmnist
 
 SMALL = {"n_train": 600, "n_test": 200, "progress": False}
 
 
-@pytest.fixture(scope="module")
-def prep():
-    return load_data_script("prepare_avmnist")
+prep = script_fixture("prepare_avmnist")
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import load_data_script
 from fastmri_files import (ANNOTATED, EXPECTED_LABEL, NOT_REVIEWED, REVIEWED_NO_FINDING, annotation_rows,
                            centred_fft, expected_labels, miniature_raw, phantom, write_volume)
-from faults import bad_output_location, disk_full, run_script, small_tmpfs
+from faults import bad_output_location, disk_full, run_script, script_fixture, small_tmpfs
 
 
-@pytest.fixture(scope="module")
-def prep():
-    return load_data_script("prepare_fastmri")
+prep = script_fixture("prepare_fastmri")
 
 
 @pytest.fixture(scope="module")

@@ -11,16 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_data_script
-from faults import refuse_open
+from faults import refuse_open, script_fixture
 
 TABLES = ("PATIENTS", "ADMISSIONS", "ICUSTAYS", "SERVICES", "DIAGNOSES_ICD", "CHARTEVENTS", "LABEVENTS",
           "OUTPUTEVENTS")
 
 
-@pytest.fixture(scope="module")
-def prep():
-    return load_data_script("prepare_mimic")
+prep = script_fixture("prepare_mimic")
 
 
 @pytest.fixture(scope="module")

@@ -13,17 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_data_script
-from faults import refuse_open
+from faults import refuse_open, script_fixture
 from nlvr2_files import image_path, make_nlvr2
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def prep():
-    return load_data_script("prepare_nlvr")
+prep = script_fixture("prepare_nlvr")
 
 
 @pytest.fixture(scope="module")

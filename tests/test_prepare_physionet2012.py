@@ -17,12 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_data_script
+from faults import script_fixture
 
 
-@pytest.fixture(scope="module")
-def prep():
-    return load_data_script("prepare_physionet2012")
+prep = script_fixture("prepare_physionet2012")
 
 
 @pytest.fixture(scope="module")

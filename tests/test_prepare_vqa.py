@@ -12,17 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_data_script
-from faults import bad_output_location, disk_full, run_script, small_tmpfs
+from faults import bad_output_location, disk_full, run_script, script_fixture, small_tmpfs
 from PIL import Image
 
 SPLITS = ("train", "valid", "test")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def prep():
-    return load_data_script("prepare_vqa")
+prep = script_fixture("prepare_vqa")
 
 
 @pytest.fixture(scope="module")

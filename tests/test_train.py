@@ -29,27 +29,31 @@ def test_pretrain_finetune_starts_the_products_from_the_experts_trained_alone(si
     """As published: the uni-modal and inter runs are the pretraining; intra and I2M2 load
     their experts and are only fine-tuned (no second pretraining of the same experts). A model
     may get its own arguments (``per_model``: the published runs differ in learning rate)."""
-    calls = []
-    real_fit = ik.train.fit
+    from i2m2kit.train import training_phases
 
-    def recording_fit(model, *args, **kwargs):
-        calls.append((sorted(model.experts), kwargs["regime"], kwargs["epochs"],
+    calls = []
+    real_fit = ik.protocol.fit
+
+    def recording_fit(model, *args, **kwargs):  # the phases fit runs, and the weights it starts from
+        phases = training_phases(model, kwargs["regime"], kwargs["epochs"], kwargs.get("pretrain_epochs"),
+                                 kwargs.get("pretrained", ()))
+        calls.append((sorted(model.experts), [(p.name, p.epochs) for p in phases],
                       {n: [p.detach().clone() for p in e.parameters()] for n, e in model.experts.items()}))
         return real_fit(model, *args, **kwargs)
 
-    monkeypatch.setattr(ik.train, "fit", recording_fit)
+    monkeypatch.setattr(ik.protocol, "fit", recording_fit)
     trained = {}
     rows = ik.compare_models(build, sim_data["train"], sim_data["valid"], sim_data["test"], regime="pretrain_finetune",
                              epochs=1, pretrain_epochs=2, batch_size=256, progress=False, trained=trained,
                              per_model={"inter": {"pretrain_epochs": 3}, "intra": {"epochs": 2}})
     assert [r["model"] for r in rows] == ["uni:x", "uni:x2", "intra", "inter", "i2m2"]
-    by_experts = {tuple(experts): (regime, epochs, start) for experts, regime, epochs, start in calls}
+    by_experts = {tuple(experts): (phases, start) for experts, phases, start in calls}
     assert len(calls) == 5
     for alone, epochs in ((("x",), 2), (("x2",), 2), (("joint",), 3)):
-        assert by_experts[alone][:2] == ("joint", epochs)  # pretraining: pretrain_epochs, alone
+        assert by_experts[alone][0] == [(f"pretrain:{alone[0]}", epochs)]  # pretraining: pretrain_epochs, alone
     for product, finetune_epochs in ((("x", "x2"), 2), (("joint", "x", "x2"), 1)):
-        regime, epochs, start = by_experts[product]
-        assert (regime, epochs) == ("finetune", finetune_epochs)
+        phases, start = by_experts[product]
+        assert phases == [("finetune", finetune_epochs)]  # no second pretraining of the same experts
         for n in product:  # it starts where the expert's own run ended
             source = {"x": "uni:x", "x2": "uni:x2", "joint": "inter"}[n]
             for p, q in zip(start[n], trained[source].experts[n].parameters()):

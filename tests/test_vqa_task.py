@@ -73,7 +73,7 @@ def test_scores_by_group_average_to_the_whole(data):
 def test_experts_give_one_log_odds_per_answer_and_drop_out_without_their_modality(data):
     torch.manual_seed(0)
     model = vqa.build_model(data)
-    assert model.head == "answers" and set(model.experts) == {"image", "text", "joint"}
+    assert model.likelihood == ik.SoftScores() and set(model.experts) == {"image", "text", "joint"}
     batch, _ = data.splits["test"][list(range(6))]
     out = model(batch)
     assert out.logits.shape == (6, 13) and set(out.expert_logits) == {"image", "text", "joint"}

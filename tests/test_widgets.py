@@ -131,6 +131,6 @@ def test_the_explorer_refuses_what_it_cannot_show(sim, build):
     model = build()
     with pytest.raises(ValueError, match="data to explore"):
         contribution_explorer(model)
-    model.head = "multilabel"
-    with pytest.raises(ValueError, match="multiclass"):
+    model.likelihood = ik.Bernoulli()
+    with pytest.raises(ValueError, match="categorical"):
         contribution_explorer(model, synthetic.dataset(sim.sample(10)))

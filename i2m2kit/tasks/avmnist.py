@@ -28,7 +28,7 @@ from torch import nn
 
 from ..experts import I2M2, Expert
 from ..io import class_labels, read_array
-from ..train import TensorData
+from ..data import TensorData
 
 MODALITIES = ("image", "audio")
 # what prepare_avmnist.py reads of its --raw folder (which may hold other data sets too)

@@ -31,7 +31,8 @@ from ..diagnostics import label_preserving_shuffle
 from ..experts import I2M2
 from ..regimes import PRETRAINED_MODELS
 from ..runner import prepare_data
-from ..train import compare_models, predict
+from ..inference import predict
+from ..protocol import compare_models
 from . import avmnist
 
 SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)

@@ -41,7 +41,8 @@ from torch import nn
 
 from ..experts import I2M2, Expert
 from ..io import read_metadata
-from ..train import TensorData, predict
+from ..data import TensorData
+from ..inference import predict
 
 MODALITIES = ("magnitude", "phase")
 LABELS = ("abnormal", "meniscus_tear", "acl", "cartilage")
@@ -176,7 +177,7 @@ def build_model(width: int = 64, blocks: Sequence[int] = (2, 2, 2, 2), dropout: 
         "magnitude": Expert(resnet(1), reads="magnitude"),
         "phase": Expert(resnet(1), reads="phase"),
         "joint": Expert(resnet(2), reads=MODALITIES),
-    }, head="multilabel")
+    }, likelihood="bernoulli")
 
 
 def published_recipe(epochs: int = 50, prepared: str | Path | None = None, lr: float = 1e-4,

@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from ..experts import I2M2, Expert
-from ..train import TensorData
+from ..data import TensorData
 
 MODALITIES = ("static", "series")
 STATIC_FEATURES = 5

@@ -37,7 +37,7 @@ from torch import nn
 
 from ..experts import I2M2
 from ..io import read_metadata
-from ..train import TensorData
+from ..data import TensorData
 from . import vision_language
 from .vision_language import (CLS, FUSIONS, MODALITIES, PAD, TEXT_MODELS, UNK, GridEncoder, TextSpec,  # noqa: F401
                               pretrained_text_dir, resolve_text_model, tokenize)

@@ -49,7 +49,8 @@ from torch import nn
 from ..experts import I2M2, Expert
 from ..io import read_metadata
 from ..metrics import event1_threshold, threshold_metrics
-from ..train import TensorData, predict
+from ..data import TensorData
+from ..inference import predict
 from .mimic import Joint, mlp  # the same joint expert and MLP as MultiBench's MIMIC-III
 
 MODALITIES = ("static", "series")

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..experts import I2M2, Expert
 from ..simulate import SelectionBatch, SelectionModel
-from ..train import TensorData
+from ..data import TensorData
 
 
 def mlp(d_in: int, d_out: int, hidden: int = 64, depth: int = 2) -> nn.Sequential:

@@ -287,7 +287,7 @@ class SharedBackbone(nn.Module):
         return features
 
 
-def build_model(image_encoder: Callable[[], nn.Module], text: TextSpec, n_outputs: int, head: str = "multiclass",
+def build_model(image_encoder: Callable[[], nn.Module], text: TextSpec, n_outputs: int, likelihood: str = "categorical",
                 text_width: int = 64, text_layers: int = 2, fusion: str = "attention", hidden: int = 64,
                 shared_backbone: bool = False) -> I2M2:
     """I2M2 with experts ``image``, ``text`` and ``joint``; ``image_encoder()`` builds a fresh
@@ -311,7 +311,7 @@ def build_model(image_encoder: Callable[[], nn.Module], text: TextSpec, n_output
         return I2M2({"image": Expert(PooledHead(d_image, n_outputs, hidden), reads="image"),
                      "text": Expert(PooledHead(d_text, n_outputs, hidden), reads="text"),
                      "joint": Expert(joint_head(d_text, d_image), reads=MODALITIES)},
-                    head=head, backbone=backbone, modalities=MODALITIES)
+                    likelihood=likelihood, backbone=backbone, modalities=MODALITIES)
     image_enc, text_enc = image_encoder(), text_encoder()
     joint_image, joint_text = image_encoder(), text_encoder()
     return I2M2({
@@ -319,7 +319,7 @@ def build_model(image_encoder: Callable[[], nn.Module], text: TextSpec, n_output
         "text": Expert(Encoded(text_enc, PooledHead(text_enc.width, n_outputs, hidden)), reads="text"),
         "joint": Expert(JointNet(joint_image, joint_text, joint_head(joint_text.width, joint_image.width)),
                         reads=MODALITIES),
-    }, head=head)
+    }, likelihood=likelihood)
 
 
 def recipe(epochs: int, regime: str, lr: float | None, monitor: str) -> dict[str, Any]:

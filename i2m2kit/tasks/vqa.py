@@ -9,7 +9,7 @@ most probable answer and is scored by that answer's soft score (the VQA score).
 The experts (``vision_language``): ``text`` reads the question (a BERT-style encoder),
 ``image`` the picture (a small CNN whose cells are regions), ``joint`` both (the question's
 tokens attend over the regions). Each gives one log-odds per answer and I2M2 adds them
-(``head="answers"``: every answer a Bernoulli whose experts multiply, binary cross-entropy
+(``likelihood="soft_scores"``: every answer a Bernoulli whose experts multiply, binary cross-entropy
 against the soft scores, the same loss for every model).
 
     data = vqa.load("data/vqa")                          # splits train / valid / test
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from ..experts import I2M2
 from ..io import package_folder, read_metadata
 from ..metrics import vqa_score
-from ..train import TensorData
+from ..data import TensorData
 from . import vision_language
 from .vision_language import GridEncoder, TextSpec, tokenize
 
@@ -155,7 +155,7 @@ def build_model(data: VQAData, image_width: int = 32, image_blocks: int = 3, tex
                 shared_backbone: bool = False) -> I2M2:
     """I2M2 with experts ``image``, ``text`` (the question) and ``joint``, one log-odds per answer."""
     return vision_language.build_model(functools.partial(GridEncoder, image_width, image_blocks), data.text,
-                                       len(data.answers), head="answers", text_width=text_width,
+                                       len(data.answers), likelihood="soft_scores", text_width=text_width,
                                        text_layers=text_layers, fusion=fusion, hidden=hidden,
                                        shared_backbone=shared_backbone)
 
