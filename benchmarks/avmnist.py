@@ -81,9 +81,11 @@ def main() -> None:
     columns = [("regime", "regime"), ("model", "model"), ("accuracy", "accuracy"), ("std", "std"), ("runs", "runs")]
     runs = []  # (regime, seed, model, accuracy, best epoch): written after every seed, full runs take hours
     for regime in args.regimes:
-        recipe = {**avmnist.published_recipe(args.epochs, regime), "batch_size": args.batch_size, "device": device}
+        recipe = avmnist.recipe(args.epochs, regime)
+        per_model = {m: dict(o) for m, o in recipe.per_model.items()}
         for model, lr in learning_rates.items():
-            recipe["per_model"].setdefault(model, {})["optimizer"] = avmnist.published_sgd(lr)
+            per_model.setdefault(model, {})["optimizer"] = avmnist.published_sgd(lr)
+        recipe = dict(recipe=recipe.replace(batch_size=args.batch_size, per_model=per_model), device=device)
         started = time.perf_counter()
         for seed in args.seeds:
             rows = ik.compare_models(build, data["train"], data["valid"], data["test"], seed=seed, names=args.models,

@@ -6,7 +6,7 @@ the six runs as concurrent processes on the one GPU, results as JSON under --out
 2. The epoch cost of each expert alone and of I2M2 (``timing.report_epoch_cost``), on the GPU
    with the data on it, before the runs start (on --timing-pairs pairs).
 3. One worker process per (regime, seed): ``ik.compare_models`` with
-   ``avmnist.published_recipe`` on the whole training set, the data on the GPU. Each writes
+   ``avmnist.recipe`` on the whole training set, the data on the GPU. Each writes
    ``run_<regime>_<seed>.json`` as soon as it ends: every model's test accuracy, best epoch,
    seconds per epoch (from ``FitResult.elapsed``), and for I2M2 the seconds until its
    validation accuracy first reached the published 72.38 (pretraining included when staged),
@@ -53,7 +53,7 @@ def worker(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     rows = ik.compare_models(avmnist.build_model, data["train"], data["valid"], data["test"], seed=args.seed,
                              fit_results=fits, progress=False,
-                             **{**avmnist.published_recipe(args.epochs, args.regime), "device": device})
+                             recipe=avmnist.recipe(args.epochs, args.regime), device=device)
     models = {}
     for r in rows:
         fit = fits[r["model"]]

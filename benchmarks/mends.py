@@ -37,10 +37,9 @@ from pathlib import Path
 import torch
 
 import i2m2kit as ik
-from i2m2kit.experts import log_probs
 from i2m2kit.simulate import SelectionModel
-from i2m2kit.tasks import synthetic
 from i2m2kit.inference import predict
+from i2m2kit.tasks import synthetic
 
 # notebook 00's two maps: the regime grid (section 5) and high-dimensional nuisance (section 6)
 MAPS = {"hard": {"n_classes": 2, "dims": (8, 256), "intra": (2.0, 0.5), "interaction_dims": 4},
@@ -57,7 +56,7 @@ class ExpertDropout(ik.I2M2):
     (at least one expert kept): every expert must classify on its own."""
 
     def __init__(self, model: ik.I2M2, p: float):
-        super().__init__(dict(model.experts), head=model.head, modalities=model.modalities)
+        super().__init__(dict(model.experts), likelihood=model.likelihood, modalities=model.modalities)
         self.p = p
 
     def forward(self, inputs, strict=False):
@@ -69,7 +68,7 @@ class ExpertDropout(ik.I2M2):
         none = keep.sum(0) == 0
         keep[torch.randint(len(z), (int(none.sum()),), device=z.device), none.nonzero().squeeze(-1)] = 1
         logits = (keep[..., None] * z).sum(0)
-        return out.__class__(logits, out.expert_logits, log_probs(logits, self.head))
+        return out.__class__(logits, out.expert_logits, self.likelihood.log_probs(logits))
 
 
 def cell(inter: float, n: int, seed: int, args, intra: float | None = None) -> list[dict]:

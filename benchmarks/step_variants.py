@@ -1,8 +1,8 @@
 """What an AV-MNIST I2M2 training step costs in other numerical set-ups, against the plain one.
 
-One SGD step of I2M2 (the published widths, batch 40, random inputs of the AV-MNIST shapes)
-in float32, with channels-last tensors, under bfloat16 autocast, and (``--compile``) through
-``torch.compile``. The variants take turns, a few steps each per round, and each keeps its
+One SGD step of I2M2 (``ik.train_step``, the step ``fit`` takes; the published widths, batch
+40, random inputs of the AV-MNIST shapes) in float32, with channels-last tensors, under
+bfloat16 autocast, and (``--compile``) through ``torch.compile``. The variants take turns, a few steps each per round, and each keeps its
 best round; printed as milliseconds per step and as a ratio to float32 (below 1 is faster).
 Only float32 is what ``fit`` does on a CPU; the others are candidates, measured here before
 anyone adopts one (autocast changes the numbers, compile costs minutes of compiling).
@@ -44,13 +44,8 @@ def main() -> None:
                 expert.net = torch.compile(expert.net)
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
 
-        def step():
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                logits = model(batch).logits
-            loss = model.loss(logits.float(), targets)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        def step():  # amp=False: float32, as fit on a CPU; a dtype: autocast to it on any device
+            ik.train_step(model, batch, targets, opt, amp=torch.bfloat16 if autocast else False)
         step()  # warm-up (and, compiled, the compiling)
         return step
 

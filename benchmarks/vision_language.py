@@ -18,14 +18,15 @@ import argparse
 import time
 
 import i2m2kit as ik
+from i2m2kit import vision_language
 from i2m2kit.cli import format_table
 from i2m2kit.io import write_json_atomic
 from i2m2kit.runner import prepare_data
-from i2m2kit.tasks import nlvr, vision_language, vqa
+from i2m2kit.tasks import nlvr, vqa
 
 
 def load(args):
-    """(data, build_model, recipe, metric, baseline on test) for the task."""
+    """(data, build_model, recipe (an ``ik.Recipe``), metric, baseline on test) for the task."""
     shared = args.regime == "frozen_backbone"
     if args.task == "vqa":
         images = ("--images", args.images) if args.images else ()
@@ -36,7 +37,7 @@ def load(args):
                 vqa.recipe(args.epochs, args.regime, args.lr), "vqa_score", ("prior", vqa.prior_baseline(data)["test"]))
     prepare_data("nlvr", args.raw or "../shared/data/nlvr/nlvr1", args.prepared, args=("--downsample", str(args.downsample)))
     data = nlvr.load(args.prepared, args.backbone, downsample=args.downsample, limit=args.n_train)
-    return (data, lambda: nlvr.build_model(data.text, fusion=args.fusion, shared_backbone=shared),
+    return (data, lambda: nlvr.build_model(data, fusion=args.fusion, shared_backbone=shared),
             nlvr.recipe(args.epochs, args.regime, args.lr), "accuracy", ("majority", nlvr.majority_baseline(data)["test"]))
 
 
@@ -67,7 +68,7 @@ def main() -> None:
     data, build, recipe, metric, (baseline, baseline_value) = load(args)
     started = time.perf_counter()
     rows, trained = ik.compare_across_seeds(build, data.splits["train"], data.splits["valid"], data.splits["test"],
-                                            seeds=args.seeds, **recipe, device=args.device)
+                                            seeds=args.seeds, recipe=recipe, device=args.device)
     seconds = time.perf_counter() - started
     removed = [ik.evaluate_missing(models["i2m2"], data.splits["test"], device=args.device) for models in trained]
     for i, r in enumerate(removed[0]):

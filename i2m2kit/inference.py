@@ -37,8 +37,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
-def autocast(device: torch.device, amp: bool):
-    # Mixed precision on CUDA only: bfloat16 where supported (no loss scaling needed).
+def autocast(device: torch.device, amp: bool | torch.dtype):
+    """``amp=True``: mixed precision on CUDA only, bfloat16 where supported (no loss scaling
+    needed); a dtype: autocast to it on any device (to measure it); False: none."""
+    if isinstance(amp, torch.dtype):
+        return torch.autocast(device.type, dtype=amp)
     enabled = amp and device.type == "cuda"
     dtype = torch.bfloat16 if enabled and torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast(device.type, dtype=dtype, enabled=enabled)

@@ -23,6 +23,10 @@ from .inference import evaluate
 from .train import LOWER_IS_BETTER, FitResult, fit
 
 
+# pretraining each expert alone only differs from joint training where there are several
+PRETRAINED_MODELS = ("intra", "i2m2")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How a benchmark trains its models: ``fit``'s arguments (its defaults here), and the

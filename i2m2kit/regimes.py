@@ -16,12 +16,9 @@ from tqdm.auto import tqdm
 
 from .data import TensorData
 from .diagnostics import dependency_report
-from .protocol import compare_models
+from .protocol import PRETRAINED_MODELS, compare_models
 from .simulate import SelectionModel
 from .tasks import synthetic
-
-# pretraining each expert alone only differs from joint training where there are several
-PRETRAINED_MODELS = ("intra", "i2m2")
 
 
 def regime_map(

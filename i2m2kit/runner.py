@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -202,6 +203,11 @@ def write_metrics(metrics: Mapping[str, Any], output_dir: str | os.PathLike) -> 
     return path
 
 
+def _annotated_parameters_filter(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not (message.startswith("Passed unknown parameter") or message.startswith("Unable to parse line"))
+
+
 def check_known_parameters(notebook: str | os.PathLike, parameters: Mapping[str, Any]) -> None:
     """Refuse parameters the notebook's ``parameters`` cell does not declare (papermill would
     inject them silently and the run would ignore them)."""
@@ -262,6 +268,8 @@ def run_notebook(notebook: str | os.PathLike, out: str | os.PathLike = "outputs"
     try:
         remove_kernel_leftovers()
         with tempfile.TemporaryDirectory(prefix=f"i2m2kit-kernel-{os.getpid()}-") as sockets:
+            for name in ("papermill", "papermill.translators"):  # it cannot read Param annotations; the
+                logging.getLogger(name).addFilter(_annotated_parameters_filter)  # runner checked the names
             papermill.execute_notebook(
                 str(notebook), str(stage / notebook.name), parameters=parameters,
                 kernel_name=kernel_name, progress_bar=progress, store_widget_state=False,

@@ -96,8 +96,11 @@ def committed_notebook(notebook, parameters):
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(not c.outputs for c in code)
     cell = next(c for c in code if "parameters" in c.metadata.get("tags", []))
+    from i2m2kit.runner import declared_parameters
+
+    declared = declared_parameters(notebook)
     for name in parameters:
-        assert f"\n{name} = " in f"\n{cell.source}", name
+        assert name in declared, name
     return nb, code, cell
 
 

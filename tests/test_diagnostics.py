@@ -14,6 +14,7 @@ from torch import nn
 import i2m2kit as ik
 from i2m2kit import diagnostics as D
 from i2m2kit import plots
+from i2m2kit.blocks import LateFusion
 from i2m2kit.tasks import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -245,7 +246,7 @@ def test_the_report_works_for_bernoulli_and_soft_score_likelihoods():
         k = targets.shape[1]
         torch.manual_seed(0)
         model = ik.I2M2({"x": ik.Expert(nn.Linear(3, k), "x"), "x2": ik.Expert(nn.Linear(3, k), "x2"),
-                         "joint": ik.Expert(Bilinear(False) if k == 2 else synthetic.Concat(nn.Linear(6, k)), ("x", "x2"))},
+                         "joint": ik.Expert(Bilinear(False) if k == 2 else LateFusion({"x": nn.Identity(), "x2": nn.Identity()}, head=nn.Linear(6, k)), ("x", "x2"))},
                         likelihood=likelihood)
         report = D.dependency_report(model.baselines(), ik.TensorData({"x": x, "x2": x2}, targets), repeats=3,
                                      device="cpu")

@@ -220,3 +220,21 @@ def test_strict_inputs_must_let_every_expert_run():
         model({"image": inputs["image"]}, strict=True)
     torch.testing.assert_close(model(inputs, strict=True).logits, model(inputs).logits)
     model.uni("image")({"image": inputs["image"]}, strict=True)  # a subset needs only what its experts read
+
+
+def test_each_likelihood_is_an_object_and_its_names_are_shorthands_for_it():
+    for names, likelihood in ((("categorical", "multiclass"), ik.Categorical()),
+                              (("bernoulli", "multilabel"), ik.Bernoulli()),
+                              (("soft_scores", "answers"), ik.SoftScores())):
+        for name in names:
+            assert three_experts(likelihood=name).likelihood == likelihood
+    model = three_experts(likelihood=ik.Bernoulli())
+    assert all(m.likelihood == ik.Bernoulli() for m in model.baselines().values())  # baselines share it
+    logits = torch.tensor([[2.0, -1.0, 0.5], [-3.0, 0.2, 4.0]])
+    assert ik.Categorical().predicted(logits).tolist() == [0, 2]
+    assert ik.Bernoulli().predicted(logits).tolist() == [[1, 0, 1], [0, 1, 1]]
+    assert ik.SoftScores().predicted(logits).tolist() == [0, 2]
+    torch.testing.assert_close(ik.Bernoulli().log_probs(logits), F.logsigmoid(logits))
+    y = torch.tensor([0, 2])
+    assert ik.Categorical().score(logits, y, "accuracy") == 1.0
+    assert ik.Categorical().metrics(F.softmax(logits, 1).numpy(), y.numpy())["accuracy"] == 1.0

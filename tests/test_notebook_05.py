@@ -28,8 +28,8 @@ def default_run(shared_data, tmp_path_factory):
 def test_committed_notebook_has_no_outputs_and_a_parameters_cell():
     nb, code, parameters = committed_notebook(NOTEBOOK, (
         "data_dir", "backbone", "regime", "epochs", "seeds", "device", "output_dir", "image_size"))
-    assert "check_parameter(" in code[code.index(parameters) + 1].source
-    assert 'check_parameter("image_size"' in code[code.index(parameters) + 1].source
+    assert "check_parameters(globals())" in code[code.index(parameters) + 1].source
+    assert "image_size: Param(int, low=8, high=1024)" in parameters.source  # declared with its check
     assert nb.metadata["i2m2kit"] == {"data_parameter": "data_dir", "data_subdir": "nlvr/nlvr1"}
     assert any("nbval-check-output" in c.metadata.get("tags", []) for c in code)
 
@@ -95,7 +95,7 @@ def test_nlvr2_run_on_a_miniature_folder_shows_image_pairs_and_five_models(share
     nb = nbformat.read(result["notebook"], as_version=4)
     printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert "renderer vs the published" not in printed and "images (2, 3, 16, 16)" in printed
-    examples = next(o for c in nb.cells if "pictures(\"test\", shown)" in c.source for o in c.outputs)
+    examples = next(o for c in nb.cells if "nlvr.show_examples(data, range(" in c.source for o in c.outputs)
     rows = examples["data"]["application/vnd.plotly.v1+json"]["layout"]["annotations"]
     assert {"left", "right"} <= {a["text"] for a in rows}  # two panels per example
     assert notebook_figures(result["notebook"]) == 7 + (m["joint_overrules"]["count"] > 0)  # with the dependency report

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import i2m2kit as ik
+from i2m2kit.blocks import LateFusion
 from i2m2kit.tasks import synthetic
 
 SGD = functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9)
@@ -87,7 +88,7 @@ class CrashingData(ik.TensorData):
 def dropout_model(sim):
     torch.manual_seed(0)
     model = synthetic.build_model(sim.dims, sim.n_classes, hidden=16)
-    model.experts["joint"].net.net.insert(1, nn.Dropout(0.3))  # RNG use inside training
+    model.experts["joint"].net.head.insert(1, nn.Dropout(0.3))  # RNG use inside training
     return model
 
 
@@ -172,7 +173,7 @@ def test_frozen_backbone_trains_only_the_heads():
     model = ik.I2M2({
         "x": ik.Expert(nn.Linear(8, 2), "x"),
         "x2": ik.Expert(nn.Linear(8, 2), "x2"),
-        "joint": ik.Expert(synthetic.Concat(nn.Linear(16, 2)), ("x", "x2")),
+        "joint": ik.Expert(LateFusion({"x": nn.Identity(), "x2": nn.Identity()}, head=nn.Linear(16, 2)), ("x", "x2")),
     }, backbone=Backbone(), modalities=("x", "x2"))
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     g = torch.Generator().manual_seed(0)
@@ -263,3 +264,52 @@ def test_tensor_data_refuses_non_finite_inputs_and_mismatched_counts():
         ik.TensorData({"x": x}, torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match="modality 'x' has 5 examples but there are 4 targets"):
         ik.TensorData({"x": torch.zeros(5, 3)}, torch.zeros(4, dtype=torch.long))
+
+
+def test_train_step_is_one_plain_pytorch_step(sim_data, build):
+    """The public step fit takes: the same loss and the same weights as forward, loss,
+    backward and step written out in PyTorch."""
+    inputs, target = sim_data["train"][list(range(32))]
+    ours, theirs = build(), build()
+    opt_ours, opt_theirs = SGD(ours.parameters()), SGD(theirs.parameters())
+    loss = ik.train_step(ours, inputs, target, opt_ours, clip_grad_norm=1.0)
+    expected = nn.functional.cross_entropy(sum(theirs(inputs).expert_logits.values()), target)
+    opt_theirs.zero_grad()
+    expected.backward()
+    torch.nn.utils.clip_grad_norm_(list(theirs.parameters()), 1.0)
+    opt_theirs.step()
+    assert not loss.requires_grad and torch.equal(loss, expected.detach())
+    for p, q in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_the_loss_is_read_once_per_logging_interval_and_a_non_finite_one_is_still_named(sim_data, build,
+                                                                                        monkeypatch):
+    from i2m2kit import train
+
+    reads = []
+    real_check = train._Run.check_finite
+    monkeypatch.setattr(train, "LOG_EVERY", 4)
+    monkeypatch.setattr(train._Run, "check_finite", staticmethod(lambda *a: reads.append(1) or real_check(*a)))
+    data = ik.TensorData({k: v[:320] for k, v in sim_data["train"].inputs.items()}, sim_data["train"].targets[:320])
+    ik.fit(build(), data, epochs=1, batch_size=32, progress=False)  # 10 steps
+    assert len(reads) == 3  # after steps 4 and 8, and at the end of the epoch: not one host read per step
+    bad = ik.TensorData({k: v.clone() for k, v in data.inputs.items()}, data.targets)
+    bad.inputs["x"][6 * 32 + 5, 0] = float("inf")  # in the 7th batch (the epoch's order is shuffled)
+    model = build()
+    with pytest.raises(FloatingPointError, match=r"phase 'joint', epoch 1, step \d+: check the inputs"):
+        ik.fit(model, bad, epochs=1, batch_size=32, progress=False)
+
+
+def test_a_recipe_is_the_fit_arguments_and_the_overrides_of_each_model(sim_data, build):
+    recipe = ik.Recipe(epochs=1, batch_size=256, optimizer=SGD, monitor="accuracy",
+                       per_model={"inter": {"epochs": 2}})
+    assert recipe.fit_arguments("inter")["epochs"] == 2 and recipe.fit_arguments()["epochs"] == 1
+    assert recipe.replace(epochs=3).fit_arguments("intra")["epochs"] == 3
+    args = (build, sim_data["train"], sim_data["valid"], sim_data["test"])
+    by_recipe = ik.compare_models(*args, recipe=recipe, progress=False)
+    by_arguments = ik.compare_models(*args, epochs=1, batch_size=256, optimizer=SGD, monitor="accuracy",
+                                     per_model={"inter": {"epochs": 2}}, progress=False)
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "train_seconds"} for r in rows]  # noqa: E731
+    assert drop(by_recipe) == drop(by_arguments)
+    assert next(r for r in by_recipe if r["model"] == "inter")["best_epoch"] == 2

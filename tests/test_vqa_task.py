@@ -85,12 +85,29 @@ def test_experts_give_one_log_odds_per_answer_and_drop_out_without_their_modalit
     assert product(batch).expert_logits["joint"].shape == (6, 13)
     with pytest.raises(ValueError, match="fusion must be one of"):
         vqa.build_model(data, fusion="sum")
+    with pytest.raises(ValueError, match="needs the data"):
+        vqa.build_model()
+    torch.manual_seed(0)
+    again = vqa.build_model(text=data.text, n_answers=len(data.answers))
+    torch.manual_seed(0)
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), vqa.build_model(data).state_dict().values()))
+
+
+def test_task_contract_recipe_and_selection_metric(data):
+    recipe = vqa.recipe()
+    assert isinstance(recipe, ik.Recipe) and recipe.epochs == 10 and recipe.monitor == "vqa_score"
+    assert recipe.fit_arguments()["clip_grad_norm"] == 1.0 and vqa.recipe(2).epochs == 2
+    assert vqa.selection_metric(data) == "vqa_score"
+    assert vqa.selection_metric(data, "accuracy") == "loss"  # soft scores have no accuracy of their own
+    empty = vqa.VQAData(**{**data.__dict__, "splits": {**data.splits, "valid": ik.TensorData(
+        {k: v[:0] for k, v in data.splits["valid"].inputs.items()}, data.splits["valid"].targets[:0])}})
+    assert vqa.selection_metric(empty) == "loss"
 
 
 def test_i2m2_learns_easy_vqa_well_above_the_prior_and_the_question_alone(data):
     """Two epochs on 3,000 questions: the picture adds to what the question alone knows."""
     torch.manual_seed(0)
-    fit_args = {**vqa.recipe(epochs=2), "progress": False}
+    fit_args = {**vqa.recipe(epochs=2).fit_arguments(), "progress": False}
     model = vqa.build_model(data)
     ik.fit(model, data.splits["train"], data.splits["valid"], **fit_args)
     i2m2 = ik.evaluate(model, data.splits["test"])["vqa_score"]

@@ -20,15 +20,18 @@ import csv
 import functools
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from .. import vision_language
+from ..blocks import Concat, LateFusion, mlp
+from ..data import TensorData
 from ..experts import I2M2, Expert
 from ..io import class_labels, read_array
-from ..data import TensorData
+from ..protocol import Recipe
 
 MODALITIES = ("image", "audio")
 # what prepare_avmnist.py reads of its --raw folder (which may hold other data sets too)
@@ -178,11 +181,6 @@ class LeNet(nn.Module):
         return self.layers(x)
 
 
-def mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
-    """MultiBench's two-layer MLP head."""
-    return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, d_out))
-
-
 IMAGE_LAYERS, AUDIO_LAYERS = 3, 5  # extra convolutions to reach 1x1 from 28x28 and from 112x112
 
 
@@ -192,17 +190,6 @@ def image_encoder(channels: int) -> LeNet:
 
 def audio_encoder(channels: int) -> LeNet:
     return LeNet(channels, AUDIO_LAYERS)
-
-
-class Concat(nn.Module):
-    """Fusion by concatenation of the encoders' features."""
-
-    def __init__(self, dims: Sequence[int]):
-        super().__init__()
-        self.out_features = sum(dims)
-
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        return torch.cat(list(features), dim=-1)
 
 
 class LowRankTensorFusion(nn.Module):
@@ -232,19 +219,6 @@ class LowRankTensorFusion(nn.Module):
         return torch.einsum("r,rbo->bo", self.rank_weights[0], fused) + self.bias
 
 
-class JointNet(nn.Module):
-    """The joint expert's network: one encoder per modality, a fusion, an MLP head."""
-
-    def __init__(self, encoders: Sequence[nn.Module], fusion: nn.Module, head: nn.Module):
-        super().__init__()
-        self.encoders = nn.ModuleList(encoders)
-        self.fusion = fusion
-        self.head = head
-
-    def forward(self, *modalities: torch.Tensor) -> torch.Tensor:
-        return self.head(self.fusion([enc(x) for enc, x in zip(self.encoders, modalities)]))
-
-
 FUSIONS = ("concat", "lowrank")
 
 
@@ -263,13 +237,13 @@ def build_model(channels: int = 3, joint_channels: int = 6, hidden: int = 100, f
     def uni(encoder: LeNet) -> nn.Sequential:
         return nn.Sequential(encoder, mlp(encoder.out_features, hidden, n_classes))
 
-    encoders = [image_encoder(joint_channels), audio_encoder(joint_channels)]
-    dims = [e.out_features for e in encoders]
+    encoders = {"image": image_encoder(joint_channels), "audio": audio_encoder(joint_channels)}
+    dims = [e.out_features for e in encoders.values()]
     fuse = Concat(dims) if fusion == "concat" else LowRankTensorFusion(dims, fused_features, rank)
-    return I2M2({
+    return I2M2({  # built in this order (the joint encoders first), so that a seed gives the published initialisation
         "image": Expert(uni(image_encoder(channels)), reads="image"),
         "audio": Expert(uni(audio_encoder(channels)), reads="audio"),
-        "joint": Expert(JointNet(encoders, fuse, mlp(fuse.out_features, hidden, n_classes)), reads=MODALITIES),
+        "joint": Expert(LateFusion(encoders, fuse, mlp(fuse.out_features, hidden, n_classes)), reads=MODALITIES),
     })
 
 
@@ -278,13 +252,112 @@ def published_sgd(lr: float):
     return functools.partial(torch.optim.SGD, lr=lr, weight_decay=1e-4)
 
 
-def published_recipe(epochs: int = 30, regime: str = "pretrain_finetune") -> dict[str, Any]:
-    """``compare_models`` arguments of the published AV-MNIST runs: each expert pretrained
-    alone, then the experts fine-tuned together (``regime="joint"``: from scratch instead),
-    ``epochs`` for each stage; SGD with weight decay 1e-4, batch 40, gradient norm clipped at
-    8, model selection on validation accuracy. The learning rate is each run's published one:
-    0.01 for the uni-modal experts and I2M2, 0.1 for the inter-modality (fusion) model and the
+def recipe(epochs: int | None = None, regime: str = "pretrain_finetune") -> Recipe:
+    """The published AV-MNIST runs: each expert pretrained alone, then the experts fine-tuned
+    together (``regime="joint"``: from scratch instead), ``epochs`` (30 by default) for each
+    stage; SGD with weight decay 1e-4, batch 40, gradient norm clipped at 8, model selection on
+    validation accuracy. The learning rate is each run's published one (``per_model``): 0.01
+    for the uni-modal experts and I2M2, 0.1 for the inter-modality (fusion) model and the
     intra-modality fine-tuning."""
-    return dict(regime=regime, epochs=epochs, pretrain_epochs=epochs, batch_size=40, clip_grad_norm=8.0,
-                optimizer=published_sgd(0.01), monitor="accuracy",
-                per_model={"inter": {"optimizer": published_sgd(0.1)}, "intra": {"optimizer": published_sgd(0.1)}})
+    epochs = 30 if epochs is None else epochs
+    return Recipe(regime=regime, epochs=epochs, pretrain_epochs=epochs, batch_size=40, clip_grad_norm=8.0,
+                  optimizer=published_sgd(0.01), monitor="accuracy",
+                  per_model={"inter": {"optimizer": published_sgd(0.1)}, "intra": {"optimizer": published_sgd(0.1)}})
+
+
+def selection_metric(data: dict[str, TensorData], preferred: str | None = None) -> str:
+    """``preferred`` (default: the recipe's monitor, accuracy) when it is defined on the
+    validation split, else ``"loss"``."""
+    return vision_language.selection_metric(data["valid"], "categorical", N_CLASSES, preferred or recipe().monitor)
+
+
+# ---------------------------------------------------------------------- what the notebook shows
+
+
+def prepare(prepared: str | Path, raw_dir: str | Path, n_train: int, n_test: int, download: bool = False,
+            given: bool = False) -> Path:
+    """``prepared`` built from the raw files in ``raw_dir`` (looked up from here and the
+    repository root; fetched from their publishers with ``download``) unless it holds this
+    build already; a ``given`` folder that holds prepared AV-MNIST (a release) is used as it is."""
+    from ..runner import find_folder, prepare_data
+
+    prepared = Path(prepared)
+    if given and is_prepared(prepared):
+        return prepared
+    raw = find_folder(raw_dir)
+    if raw is None and not download:
+        raise FileNotFoundError(f"raw_dir={str(raw_dir)!r}: no such folder here or in the repository "
+                                f"(or set download = True)")
+    args = ["--n-train", str(n_train), "--n-test", str(n_test), "--no-progress"] + (["--download"] if download else [])
+    return prepare_data("avmnist", raw or raw_dir, prepared, args=tuple(args), reads=RAW_READS)
+
+
+def describe(prepared: str | Path, data: dict[str, TensorData]) -> dict[str, int]:
+    """Print how the pairs were degraded (from ``metadata.json``, when there is one) and each
+    split's size and digits; return the split sizes."""
+    meta_file = Path(prepared) / "metadata.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    if meta:
+        print(f"image: {meta['image']['components']} principal components "
+              f"({meta['image']['variance_kept']:.0%} of the variance kept)")
+        print(f"audio: speech-to-noise ratio {meta['audio']['snr_db']} dB; test speakers {meta['speakers']['test']}, "
+              f"noise {meta['noise']['source']}")
+    for name in ("train", "valid", "test"):
+        counts = torch.bincount(data[name].targets, minlength=N_CLASSES).tolist()
+        print(f"{name:5s} {len(data[name]):6d} pairs; per digit {counts}")
+    return {name: len(data[name]) for name in ("train", "valid", "test")}
+
+
+def pictures(i: int | Sequence[int], data: TensorData) -> dict[str, torch.Tensor]:
+    """The image and the spectrogram of pair(s) ``i``, as ``plots.examples`` and
+    ``plots.sample_view`` draw them (the spectrogram flipped: low frequencies at the bottom)."""
+    return {"image": data.inputs["image"][i], "spectrogram": data.inputs["audio"][i]}
+
+
+def show_pairs(data: TensorData, chosen: Sequence[int], captions: Sequence[str], title: str):
+    """``plots.examples`` of the ``chosen`` pairs: image above, spectrogram below."""
+    from .. import plots
+
+    return plots.examples(pictures(list(chosen), data), captions, flip_vertical=["spectrogram"], title=title)
+
+
+def first_of_each_digit(data: TensorData, digits: int = 5) -> list[int]:
+    return [int((data.targets == d).nonzero()[0]) for d in range(digits)]
+
+
+def print_accuracies(rows: Sequence[dict], regime: str, epochs: int) -> None:
+    """Each model's test accuracy, mean and std over seeds, beside the published I2M2's."""
+    print(f"test accuracy over {len(rows[0]['seeds'])} seed(s) ({regime}, {epochs} epoch(s) per stage); "
+          f"published I2M2: 72.38%")
+    for r in rows:
+        print(f"  {r['model']:10s} {100 * r['accuracy']:6.2f}% ± {100 * r['accuracy_std']:.2f}")
+
+
+def joint_overrules(pred, data: TensorData, shown: tuple[int, int] = (4, 2)):
+    """Where the joint expert moves I2M2 away from what the image and audio experts together
+    say: prints how often, rightly and wrongly; returns those counts and a figure of the first
+    ``shown`` pairs of each (None when there is none)."""
+    from .. import contributions
+
+    intra_says = (pred.expert_logits["image"] + pred.expert_logits["audio"]).argmax(1)
+    i2m2_says = pred.logits.argmax(1)
+    overruled = contributions.flips(pred.expert_logits)["joint"]
+    rightly = overruled & (i2m2_says == pred.targets)
+    wrongly = overruled & (intra_says == pred.targets)
+    counts = {"fraction": overruled.float().mean().item(), "rightly": int(rightly.sum()), "wrongly": int(wrongly.sum())}
+    print(f"the joint expert changes the call on {overruled.float().mean():.1%} of test pairs: "
+          f"{counts['rightly']} times to the true digit, {counts['wrongly']} times away from it")
+    picked = rightly.nonzero().flatten()[:shown[0]].tolist() + wrongly.nonzero().flatten()[:shown[1]].tolist()
+    figure = show_pairs(data, picked, [f"true {int(data.targets[i])}<br>image+audio say {int(intra_says[i])}<br>"
+                                       f"I2M2 says {int(i2m2_says[i])}" for i in picked],
+                        "The joint expert overrules the uni-modal experts") if picked else None
+    return counts, figure
+
+
+def print_dependency(report) -> None:
+    """``report``'s sentence, each model's label-preserving shuffle and EMAP gap, and the PID."""
+    print(report.sentence())
+    for r in report.rows:
+        print(f"  {r['model']:10s} {report.metric} {r['score']:.3f}; re-paired within labels {r['shuffled']:.3f} "
+              f"(drop {r['drop']:+.3f} ± {r['shuffled_std']:.3f}); EMAP gap {r['emap_gap']:+.3f}")
+    print("PID of the data (bits): " + ", ".join(f"{k} {v:.3f}" for k, v in report.pid["data"].items()))

@@ -29,14 +29,37 @@ import torch
 from .. import contributions
 from ..diagnostics import label_preserving_shuffle
 from ..experts import I2M2
-from ..regimes import PRETRAINED_MODELS
 from ..runner import prepare_data
 from ..inference import predict
-from ..protocol import compare_models
+from ..data import TensorData
+from ..protocol import PRETRAINED_MODELS, Recipe, compare_models
 from . import avmnist
 
 SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
 REFERENCE = "Bayes of the share-0 recognisers"  # the row name of relation_posterior's accuracy
+
+
+# ---------------------------------------------------------------------- the task contract: AV-MNIST's
+
+
+def load(path: str | Path, **options: Any) -> dict[str, TensorData]:
+    """``avmnist.load``: the folder's splits (built at any share by ``prepared``)."""
+    return avmnist.load(path, **options)
+
+
+def build_model(**options: Any) -> I2M2:
+    """``avmnist.build_model``: the experts do not depend on the share."""
+    return avmnist.build_model(**options)
+
+
+def recipe(epochs: int | None = None, **options: Any) -> Recipe:
+    """``avmnist.recipe``: the published one, at every share."""
+    return avmnist.recipe(epochs, **options)
+
+
+def selection_metric(data: dict[str, TensorData], preferred: str | None = None) -> str:
+    """``avmnist.selection_metric``."""
+    return avmnist.selection_metric(data, preferred)
 
 
 def perfect_recognition(share: float, n_classes: int = avmnist.N_CLASSES) -> dict[str, float]:
@@ -158,7 +181,7 @@ def train_share(folder: str | Path, *, valid_size: int, epochs: int, seeds: Iter
             trained: dict[str, I2M2] = {}
             compare_models(avmnist.build_model, data["train"], data["valid"], data["test"], seed=seed,
                            names=list(PRETRAINED_MODELS) if single else None, trained=trained, progress=progress,
-                           **{**avmnist.published_recipe(epochs, regime), "device": device})
+                           recipe=avmnist.recipe(epochs, regime), device=device)
             single = single or {n: m for n, m in trained.items() if n not in PRETRAINED_MODELS}
             merged = {**single, **trained}
             trained = {n: merged[n] for n in order}
@@ -199,3 +222,74 @@ def over_seeds(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 row[key], row[f"{key}_std"] = float(np.mean(values)), float(np.std(values))
         out.append(row)
     return out
+
+
+# ---------------------------------------------------------------------- what notebook 01 shows
+
+
+def spectrum(shares: Sequence[float], benchmark: Mapping[str, I2M2], benchmark_folder: str | Path, test, *, raw: str | Path,
+             work: str | Path, n_train: int, n_test: int, valid_size: int, epochs: int, seed: int, regime: str,
+             device: str = "auto") -> tuple[list[dict[str, Any]], dict[float, dict[str, I2M2]], dict[float, Path]]:
+    """Notebook 01's section 6: at each share its own data (built under ``work`` from ``raw``)
+    and five models (``train_share``, one seed and regime); share 0 is the ``benchmark`` models
+    already trained on ``benchmark_folder`` (its ``test`` split loaded). Each share also gets the ``REFERENCE`` rows of the
+    benchmark's uni-modal models. Returns the rows, the models and the folder of each share."""
+    from ..runner import find_folder
+
+    rows, models, folders = [], {}, {}
+    for share in shares:
+        if share == 0:  # the published benchmark: the models already trained
+            folder, trained = Path(benchmark_folder), dict(benchmark)
+            rows += score_models(trained, test, avmnist.inter_pairs(folder, valid_size=valid_size)["test"],
+                                 share=0.0, regime=regime, seed=seed, device=device)
+        else:
+            folder = prepared(find_folder(raw) or raw, Path(work) / f"prepared_{n_train}_{n_test}_inter{share:g}",
+                                    share, n_train, n_test)
+            share_rows, by_run = train_share(folder, valid_size=valid_size, epochs=epochs, seeds=[seed],
+                                             regimes=[regime], device=device)
+            rows += share_rows
+            trained = by_run[regime, seed]
+        rows += reference_rows({seed: benchmark}, folder, valid_size=valid_size, regimes=[regime], device=device)
+        models[share], folders[share] = trained, folder
+    return rows, models, folders
+
+
+def print_spectrum(rows: Sequence[Mapping[str, Any]], shares: Sequence[float]) -> None:
+    """What the models reach at each share beside ``perfect_recognition``'s ceilings; then the
+    claims of notebook 01's text, checked against these numbers."""
+    by = {(r["share"], r["model"]): r for r in rows}
+    for share in shares:
+        c = perfect_recognition(share)
+        print(f"share {share:g} (perfect digits: uni {c['uni']:.3f}, intra {c['intra']:.3f}, joint {c['joint']:.3f})")
+        for r in (r for r in rows if r["share"] == share):
+            kinds = "".join(f", {k} pairs {r['accuracy_' + k]:.3f}" for k in ("published", "inter")
+                            if r["accuracy_" + k] == r["accuracy_" + k])  # NaN: no such pairs
+            drop = f"; re-paired within labels: drop {r['shuffle_drop']:+.3f}" if r["shuffle_drop"] is not None else ""
+            print(f"  {r['model']:34s} {r['accuracy']:.3f}{kinds}{drop}")
+    for share in shares:
+        best = max(("intra", "inter"), key=lambda m: by[share, m]["accuracy"])
+        gap = by[share, "i2m2"]["accuracy"] - by[share, best]["accuracy"]
+        where = "level with" if gap == 0 else f"{'above' if gap > 0 else 'below'}"
+        print(f"share {share:g}: I2M2 {where} the better of intra and inter ({best}){f' by {abs(gap):.3f}' if gap else ''}")
+    drops = [by[share, "i2m2"]["shuffle_drop"] for share in shares]
+    print("I2M2's drop when recordings are re-paired within labels, by share: "
+          + ", ".join(f"{s:g}: {d:+.3f}" for s, d in zip(shares, drops))
+          + (": it grows with the share" if all(b > a for a, b in zip(drops, drops[1:])) else ": it does not grow with the share"))
+
+
+def curve_rows(rows: Sequence[Mapping[str, Any]], shares: Sequence[float]) -> list[dict[str, Any]]:
+    """``rows`` and the ``perfect_recognition`` ceilings of the intra model and the joint expert,
+    as the accuracy-against-share curves draw them."""
+    return [*rows, *({"share": share, "model": f"perfect digits: {kind}", "accuracy": perfect_recognition(share)[kind]}
+                     for share in shares for kind in ("intra", "joint"))]
+
+
+def deciders_at(folder: str | Path, model: I2M2, *, valid_size: int, device: str = "auto") -> list[dict[str, Any]]:
+    """``deciding_experts`` of ``model`` on the test pairs in ``folder``, printed per kind of pair."""
+    test = avmnist.load(folder, valid_size=valid_size, splits=("test",))["test"]
+    rows = deciding_experts(model, test, avmnist.inter_pairs(folder, valid_size=valid_size)["test"], device=device)
+    for kind in dict.fromkeys(r["pairs"] for r in rows):
+        of_kind = [r for r in rows if r["pairs"] == kind]
+        print(f"{kind} ({of_kind[0]['count']}): I2M2 right on {of_kind[0]['accuracy']:.1%}; decided by "
+              + ", ".join(f"{r['expert']} {r['decides']:.0%}" for r in of_kind))
+    return rows

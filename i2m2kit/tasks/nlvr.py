@@ -2,7 +2,7 @@
 
 The prepared folder (``data_scripts/prepare_nlvr.py``: sentences, labels, and images rendered
 from the published structured worlds (v1) or read from the user's downloaded photograph
-pairs (NLVR2)), and the experts (``vision_language``: a BERT-style text encoder,
+pairs (NLVR2)), and the experts (``i2m2kit.vision_language``: a BERT-style text encoder,
 cross-attention or concatenation fusion, own encoders or one frozen shared backbone) with
 the data set's image encoder:
 
@@ -18,29 +18,33 @@ the data set's image encoder:
 Each expert ends in a 2-class head (``false``, ``true``).
 
     data = nlvr.load("data/nlvr")                        # splits train / valid (dev) / test
-    model = nlvr.build_model(data.text)                  # NLVR2: build_model(data.text, dataset=data.dataset)
-    ik.fit(model, data.splits["train"], data.splits["valid"], **nlvr.recipe())
+    model = nlvr.build_model(data)                       # v1 or NLVR2, as the data is
+    recipe = nlvr.recipe().replace(monitor=nlvr.selection_metric(data))
+    ik.fit(model, data.splits["train"], data.splits["valid"], **recipe.fit_arguments())
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..experts import I2M2
-from ..io import read_metadata
+from .. import contributions, plots, vision_language
 from ..data import TensorData
-from . import vision_language
-from .vision_language import (CLS, FUSIONS, MODALITIES, PAD, TEXT_MODELS, UNK, GridEncoder, TextSpec,  # noqa: F401
-                              pretrained_text_dir, resolve_text_model, tokenize)
+from ..experts import I2M2
+from ..inference import Predictions
+from ..io import read_metadata
+from ..protocol import Recipe
+from ..runner import find_folder, prepare_data
+from ..vision_language import GridEncoder, TextSpec, tokenize
 
 SPLITS = ("train", "valid", "test")
 CLASS_NAMES = ("false", "true")
@@ -205,11 +209,16 @@ class PairEncoder(nn.Module):
 DATASETS = {"nlvr": BoxEncoder, "nlvr2": PairEncoder}
 
 
-def build_model(text: TextSpec, image_width: int = 32, text_width: int = 64, text_layers: int = 2,
+def build_model(data: NLVRData | None = None, image_width: int = 32, text_width: int = 64, text_layers: int = 2,
                 fusion: str = "attention", hidden: int = 64, shared_backbone: bool = False,
-                dataset: str = "nlvr") -> I2M2:
-    """I2M2 with experts ``image`` (v1: boxes; ``dataset="nlvr2"``: the image pair, e.g.
-    ``dataset=data.dataset``), ``text`` and ``joint``, each with 2 logits."""
+                dataset: str | None = None, text: TextSpec | None = None) -> I2M2:
+    """I2M2 with experts ``image`` (v1: boxes; NLVR2: the image pair), ``text`` and ``joint``,
+    each with 2 logits. The sentence tokens and the data set are those of ``data`` (what
+    ``load`` returned), or given as ``text`` and ``dataset`` (``"nlvr"`` by default)."""
+    text = text or (data.text if data is not None else None)
+    dataset = dataset or (data.dataset if data is not None else "nlvr")
+    if text is None:
+        raise ValueError("build_model needs the data (nlvr.load's result), or text=")
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {tuple(DATASETS)}, got {dataset!r}")
     return vision_language.build_model(functools.partial(DATASETS[dataset], image_width), text, len(CLASS_NAMES),
@@ -217,6 +226,89 @@ def build_model(text: TextSpec, image_width: int = 32, text_width: int = 64, tex
                                        hidden=hidden, shared_backbone=shared_backbone)
 
 
-def recipe(epochs: int = 20, regime: str = "joint", lr: float | None = None) -> dict[str, Any]:
-    """``fit`` arguments (``vision_language.recipe``), selecting on validation (dev) accuracy."""
-    return vision_language.recipe(epochs, regime, lr, monitor="accuracy")
+def recipe(epochs: int | None = None, regime: str = "joint", lr: float | None = None) -> Recipe:
+    """``fit`` arguments (``vision_language.recipe``: 20 epochs by default), selecting on
+    validation (dev) accuracy."""
+    return vision_language.recipe(20 if epochs is None else epochs, regime, lr, monitor="accuracy")
+
+
+def selection_metric(data: NLVRData, preferred: str | None = None) -> str:
+    """``preferred`` (default: the recipe's monitor, accuracy) when it is defined on the
+    validation (dev) split (AUROC needs both labels there), else ``"loss"``."""
+    return vision_language.selection_metric(data.splits["valid"], "categorical", len(CLASS_NAMES),
+                                            preferred or recipe().monitor)
+
+
+# ---------------------------------------------------------------------- what the notebook shows
+
+
+def prepare(data_dir: str, prepared: str | Path, downsample: int = 5, image_size: int = 64) -> Path:
+    """The prepared folder, made from ``data_dir`` (looked up from here and the repository
+    root) unless it was made from the same files; the script tells NLVR (v1) from NLVR2
+    itself (``downsample`` concerns v1, ``image_size`` NLVR2)."""
+    prepared, raw = Path(prepared), find_folder(data_dir)
+    if raw is None and not (prepared / "metadata.json").exists():
+        raise FileNotFoundError(f"data_dir={data_dir!r}: no such folder here or in the repository")
+    prepare_data("nlvr", raw, prepared, args=("--no-progress", "--downsample", str(downsample),
+                                              "--image-size", str(image_size)))
+    return prepared
+
+
+def load_prepared(prepared: str | Path, text_model: str = "auto", downsample: int = 5, image_size: int = 64,
+                  limit: int | None = None) -> NLVRData:
+    """``load`` at ``downsample`` (NLVR v1) or ``image_size`` (NLVR2), as the folder holds."""
+    if metadata(prepared).get("dataset") == "nlvr2":
+        return load(prepared, text_model, image_size=image_size, limit=limit)
+    return load(prepared, text_model, downsample=downsample, limit=limit)
+
+
+def describe(data: NLVRData) -> dict[str, Any]:
+    """Print the renderer's agreement with the published pictures (v1), each split's size,
+    share of true and majority baseline, and the tokens and images; return the agreement,
+    the sizes and the baseline (``"renderer_agreement"``, ``"splits"``, ``"majority_baseline"``)."""
+    meta = data.metadata
+    checks = (meta.get("renderer") or {}).get("agreement_with_published") or {}  # NLVR2: no renderer
+    for c in checks.values():
+        print(f"renderer vs the published {c['published']} PNGs ({c['examples']} pictures): "
+              f"{c['pixels_equal']:.2%} of pixels equal, {c['pixels_within_8']:.2%} within 8 levels")
+    majority = majority_baseline(data)
+    for split in SPLITS:
+        y = data.splits[split].targets
+        print(f"{split:5s} {len(y):5d} examples, {y.float().mean():.1%} true; majority baseline {majority[split]:.3f}")
+    skipped = sum((meta.get("skipped_missing_images") or {}).values())
+    if skipped:
+        print(f"{skipped} examples left out for missing photographs: {meta['skipped_missing_images']}")
+    print(f"text: {data.text.model} tokens, vocabulary {data.text.vocab_size}, {data.text.max_len} per sentence; "
+          f"images {tuple(data.splits['train'].inputs['image'].shape[1:])}")
+    return {"renderer_agreement": checks, "splits": {s: len(d) for s, d in data.splits.items()},
+            "majority_baseline": majority}
+
+
+def show_examples(data: NLVRData, chosen: Sequence[int], title: str, split: str = "test", extra=lambda i: ""):
+    """Some examples: each sentence (wrapped) and its truth above the picture (v1), or the left
+    and right photographs (NLVR2)."""
+    chosen = list(chosen)
+    images = data.splits[split].inputs["image"][chosen]
+    panels = ({"left": images[:, 0].float() / 255, "right": images[:, 1].float() / 255}  # uint8 pairs (n, 2, 3, S, S)
+              if data.dataset == "nlvr2" else {"picture": images})
+    captions = ["<br>".join(textwrap.wrap(data.sentences[split][i], 34))
+                + f"<br><b>{CLASS_NAMES[int(data.splits[split].targets[i])]}</b>{extra(i)}" for i in chosen]
+    return plots.examples(panels, captions, title=title)
+
+
+def joint_overrules(data: NLVRData, pred: Predictions, shown: int = 5) -> tuple[dict[str, int], list]:
+    """The test examples whose prediction would change without the joint expert: printed,
+    counted (``count``, ``right``) and the first ``shown`` drawn, each with every expert's call."""
+    overruled = contributions.flips(pred.expert_logits)["joint"]
+    calls = {n: z.argmax(1) for n, z in pred.expert_logits.items()}
+    final = pred.logits.argmax(1)
+    counts = {"count": int(overruled.sum()), "right": int((final[overruled] == pred.targets[overruled]).sum())}
+    print(f"the joint expert overrules the others on {counts['count']} of {len(final)} test examples; "
+          f"right on {counts['right']} of them")
+    chosen = overruled.nonzero().flatten()[:shown].tolist()
+
+    def says(i):
+        return "<br>" + ", ".join(f"{n} {CLASS_NAMES[int(calls[n][i])]}" for n in calls)
+
+    figures = [show_examples(data, chosen, "The joint expert overrules the image and text experts", extra=says)] if chosen else []
+    return counts, figures

@@ -2,41 +2,52 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from ..experts import I2M2, Expert
-from ..simulate import SelectionBatch, SelectionModel
+from .. import vision_language
+from ..blocks import Concat, LateFusion, mlp
 from ..data import TensorData
+from ..experts import I2M2, Expert
+from ..protocol import Recipe
+from ..simulate import SelectionBatch, SelectionModel
 
 
-def mlp(d_in: int, d_out: int, hidden: int = 64, depth: int = 2) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i in range(depth):
-        layers += [nn.Linear(d_in if i == 0 else hidden, hidden), nn.ReLU()]
-    return nn.Sequential(*layers, nn.Linear(hidden if depth else d_in, d_out))
+def load(path: str | Path | None = None, *, n_train: int = 2000, n_valid: int = 1000, n_test: int = 2000,
+         **simulator: Any) -> dict[str, TensorData]:
+    """``{"train", "valid", "test"}`` sampled, in that order, from ``SelectionModel(**simulator)``
+    (the data are simulated: ``path`` is unused and may be None)."""
+    sim = SelectionModel(**simulator)
+    return {name: dataset(sim.sample(n)) for name, n in (("train", n_train), ("valid", n_valid), ("test", n_test))}
 
 
-class Concat(nn.Module):
-    """Early fusion: concatenate the modalities, then one network (the joint expert)."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, *modalities: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat(modalities, dim=-1))
-
-
-def build_model(dims: Sequence[int], n_classes: int, hidden: int = 64) -> I2M2:
-    """I2M2 with an MLP expert per modality and an MLP joint expert on both."""
+def build_model(dims: Sequence[int] = (16, 16), n_classes: int = 2, hidden: int = 64) -> I2M2:
+    """I2M2 with an MLP expert per modality (two hidden layers of ``hidden``) and an MLP joint
+    expert on the concatenation of both (twice as wide)."""
     return I2M2({
-        "x": Expert(mlp(dims[0], n_classes, hidden), reads="x"),
-        "x2": Expert(mlp(dims[1], n_classes, hidden), reads="x2"),
-        "joint": Expert(Concat(mlp(sum(dims), n_classes, 2 * hidden)), reads=("x", "x2")),
+        "x": Expert(mlp(dims[0], hidden, n_classes, depth=2), reads="x"),
+        "x2": Expert(mlp(dims[1], hidden, n_classes, depth=2), reads="x2"),
+        "joint": Expert(LateFusion({"x": nn.Identity(), "x2": nn.Identity()}, Concat(dims),
+                                   mlp(sum(dims), 2 * hidden, n_classes, depth=2)), reads=("x", "x2")),
     })
+
+
+def recipe(epochs: int | None = None, regime: str = "joint", patience: int | None = 4) -> Recipe:
+    """``fit`` arguments of notebook 00: 15 epochs by default, early stopping on validation
+    accuracy after ``patience`` epochs without progress, batch 128."""
+    return Recipe(epochs=15 if epochs is None else epochs, regime=regime, patience=patience, monitor="accuracy",
+                  batch_size=128)
+
+
+def selection_metric(data: dict[str, TensorData], preferred: str | None = None) -> str:
+    """``preferred`` (default: the recipe's monitor, accuracy) when it is defined on the
+    validation split, else ``"loss"``."""
+    valid = data["valid"]
+    n_classes = int(valid.targets.max()) + 1 if len(valid) else 2
+    return vision_language.selection_metric(valid, "categorical", n_classes, preferred or recipe().monitor)
 
 
 def dataset(batch: SelectionBatch) -> TensorData:

@@ -9,11 +9,12 @@ The pieces every such task shares; a task module adds its data and its image enc
   ``"auto"`` takes it when it is installed);
 * image: a small CNN whose cells become regions (``GridEncoder``; two coordinate channels
   tell each region where in the picture it lies);
-* heads: an intra-modality head pools one modality's features; the inter-modality head lets
-  the text's tokens attend over the image's regions (``fusion="attention"``), joins the two
-  pooled vectors (``fusion="concat"``) or multiplies them elementwise (``fusion="product"``).
-  Every head ends in ``n_outputs`` logits: classes (NLVR's false/true) or answers (VQA's soft
-  answer scores).
+* heads: an intra-modality head pools one modality's features; the joint expert (a
+  ``blocks.LateFusion``) lets the text's tokens attend over the image's regions
+  (``fusion="attention"``), joins the two pooled vectors (``fusion="concat"``) or multiplies
+  them elementwise (``fusion="product"``). Every head ends in the same classifier
+  (``blocks.mlp`` with GELU and dropout) to ``n_outputs`` logits: classes (NLVR's
+  false/true) or answers (VQA's soft answer scores).
 
 Encoders hand heads a ``(features (B, N, d), mask (B, N))`` pair: token or region features
 and which of them are real (texts are padded). Two ways to build a model (``build_model``):
@@ -30,16 +31,22 @@ from __future__ import annotations
 
 import functools
 import re
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
-from ..experts import I2M2, Expert
-from ..io import package_folder
+from .blocks import LateFusion, mlp
+from .data import TensorData
+from .experts import I2M2, Expert
+from .likelihoods import as_likelihood
+from .io import package_folder
+from .protocol import Recipe
 
 MODALITIES = ("image", "text")
 TEXT_MODELS = ("auto", "scratch", "minilm")
@@ -191,83 +198,68 @@ def pool(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.cat([mean, peak], -1)
 
 
-def mlp(d_in: int, hidden: int, n_outputs: int, dropout: float = 0.1) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, n_outputs))
-
-
-class PooledHead(nn.Module):
-    """An intra-modality head: pooled features of one modality -> logits."""
-
-    def __init__(self, d_in: int, n_outputs: int, hidden: int = 64):
-        super().__init__()
-        self.classify = mlp(2 * d_in, hidden, n_outputs)
+class Pool(nn.Module):
+    """``pool`` as a module: an encoder's ``(features, mask)`` -> (B, 2d)."""
 
     def forward(self, encoded: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        return self.classify(pool(*encoded))
+        return pool(*encoded)
 
 
-class CrossAttentionHead(nn.Module):
-    """The inter-modality head: each token attends over the regions, then pooled -> logits."""
+def classifier(d_in: int, n_outputs: int, hidden: int = 64) -> nn.Sequential:
+    """Every expert's last layers: Linear, GELU, Dropout 0.1, Linear."""
+    return mlp(d_in, hidden, n_outputs, activation=nn.GELU, dropout=0.1)
 
-    def __init__(self, d_text: int, d_image: int, n_outputs: int, width: int = 64, heads: int = 4, hidden: int = 64):
+
+def pooled_head(d_in: int, n_outputs: int, hidden: int = 64) -> nn.Sequential:
+    """An intra-modality head: pooled features of one modality -> logits."""
+    return nn.Sequential(Pool(), classifier(2 * d_in, n_outputs, hidden))
+
+
+class CrossAttention(nn.Module):
+    """The inter-modality fusion by attention: each token attends over the regions; the
+    tokens, with what they saw, pooled. ``[image, text]`` encoded -> (B, 2 * width)."""
+
+    def __init__(self, d_text: int, d_image: int, width: int = 64, heads: int = 4):
         super().__init__()
         self.text, self.image = nn.Linear(d_text, width), nn.Linear(d_image, width)
         self.attend = nn.MultiheadAttention(width, heads, batch_first=True)
         self.norm = nn.LayerNorm(width)
-        self.classify = mlp(2 * width, hidden, n_outputs)
+        self.out_features = 2 * width
 
-    def forward(self, image: tuple[torch.Tensor, torch.Tensor], text: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        (regions, region_mask), (tokens, token_mask) = image, text
+    def forward(self, encoded: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        (regions, region_mask), (tokens, token_mask) = encoded
         q, kv = self.text(tokens), self.image(regions)
         seen, _ = self.attend(q, kv, kv, key_padding_mask=~region_mask, need_weights=False)
-        return self.classify(pool(self.norm(q + seen), token_mask))
+        return pool(self.norm(q + seen), token_mask)
 
 
-class ConcatHead(nn.Module):
-    """The inter-modality head by concatenation: pooled image and pooled text -> logits."""
+class PooledConcat(nn.Module):
+    """The inter-modality fusion by concatenation: pooled image and pooled text joined."""
 
-    def __init__(self, d_text: int, d_image: int, n_outputs: int, hidden: int = 64):
+    def __init__(self, d_text: int, d_image: int):
         super().__init__()
-        self.classify = mlp(2 * (d_text + d_image), hidden, n_outputs)
+        self.out_features = 2 * (d_text + d_image)
 
-    def forward(self, image: tuple[torch.Tensor, torch.Tensor], text: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        return self.classify(torch.cat([pool(*image), pool(*text)], -1))
+    def forward(self, encoded: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        return torch.cat([pool(*e) for e in encoded], -1)
 
 
-class ProductHead(nn.Module):
-    """The inter-modality head by elementwise product (the classic VQA fusion): pooled image
-    and pooled text, each projected to one width, multiplied -> logits. A product lets a
-    question word select the picture features it asks about in one layer."""
+class PooledProduct(nn.Module):
+    """The inter-modality fusion by elementwise product (the classic VQA fusion): pooled image
+    and pooled text, each projected to one width, multiplied. A product lets a question word
+    select the picture features it asks about in one layer."""
 
-    def __init__(self, d_text: int, d_image: int, n_outputs: int, width: int = 128, hidden: int = 64):
+    def __init__(self, d_text: int, d_image: int, width: int = 128):
         super().__init__()
         self.text, self.image = nn.Linear(2 * d_text, width), nn.Linear(2 * d_image, width)
-        self.classify = mlp(width, hidden, n_outputs)
+        self.out_features = width
 
-    def forward(self, image: tuple[torch.Tensor, torch.Tensor], text: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        return self.classify(torch.tanh(self.image(pool(*image))) * torch.tanh(self.text(pool(*text))))
-
-
-class Encoded(nn.Module):
-    """An encoder followed by a head: one expert's whole network."""
-
-    def __init__(self, encoder: nn.Module, head: nn.Module):
-        super().__init__()
-        self.encoder, self.head = encoder, head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x))
+    def forward(self, encoded: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        image, text = encoded
+        return torch.tanh(self.image(pool(*image))) * torch.tanh(self.text(pool(*text)))
 
 
-class JointNet(nn.Module):
-    """The joint expert with its own encoders (no shared backbone)."""
-
-    def __init__(self, image_encoder: nn.Module, text_encoder: nn.Module, head: nn.Module):
-        super().__init__()
-        self.image_encoder, self.text_encoder, self.head = image_encoder, text_encoder, head
-
-    def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        return self.head(self.image_encoder(image), self.text_encoder(text))
+FUSION_MODULES = {"attention": CrossAttention, "concat": PooledConcat, "product": PooledProduct}
 
 
 class SharedBackbone(nn.Module):
@@ -291,40 +283,78 @@ def build_model(image_encoder: Callable[[], nn.Module], text: TextSpec, n_output
                 text_width: int = 64, text_layers: int = 2, fusion: str = "attention", hidden: int = 64,
                 shared_backbone: bool = False) -> I2M2:
     """I2M2 with experts ``image``, ``text`` and ``joint``; ``image_encoder()`` builds a fresh
-    image encoder (a module with a ``width`` returning a ``(features, mask)`` pair)."""
+    image encoder (a module with a ``width`` returning a ``(features, mask)`` pair).
+
+    The joint expert is a ``blocks.LateFusion``: its encoders (identities on a shared
+    backbone's features), the fusion, and the same classifier as the uni-modal experts."""
     if fusion not in FUSIONS:
         raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
 
     def text_encoder():
         return TextEncoder(text, text_width, text_layers)
 
-    def joint_head(d_text: int, d_image: int) -> nn.Module:
-        if fusion == "attention":
-            return CrossAttentionHead(d_text, d_image, n_outputs, hidden=hidden)
-        if fusion == "product":
-            return ProductHead(d_text, d_image, n_outputs, hidden=hidden)
-        return ConcatHead(d_text, d_image, n_outputs, hidden)
+    def joint(image: nn.Module, text: nn.Module, d_image: int, d_text: int) -> LateFusion:
+        join = FUSION_MODULES[fusion](d_text, d_image)
+        return LateFusion({"image": image, "text": text}, join, classifier(join.out_features, n_outputs, hidden))
 
     if shared_backbone:
         backbone = SharedBackbone(image_encoder(), text_encoder())
         d_image, d_text = backbone.image_encoder.width, backbone.text_encoder.width
-        return I2M2({"image": Expert(PooledHead(d_image, n_outputs, hidden), reads="image"),
-                     "text": Expert(PooledHead(d_text, n_outputs, hidden), reads="text"),
-                     "joint": Expert(joint_head(d_text, d_image), reads=MODALITIES)},
+        return I2M2({"image": Expert(pooled_head(d_image, n_outputs, hidden), reads="image"),
+                     "text": Expert(pooled_head(d_text, n_outputs, hidden), reads="text"),
+                     "joint": Expert(joint(nn.Identity(), nn.Identity(), d_image, d_text), reads=MODALITIES)},
                     likelihood=likelihood, backbone=backbone, modalities=MODALITIES)
     image_enc, text_enc = image_encoder(), text_encoder()
     joint_image, joint_text = image_encoder(), text_encoder()
     return I2M2({
-        "image": Expert(Encoded(image_enc, PooledHead(image_enc.width, n_outputs, hidden)), reads="image"),
-        "text": Expert(Encoded(text_enc, PooledHead(text_enc.width, n_outputs, hidden)), reads="text"),
-        "joint": Expert(JointNet(joint_image, joint_text, joint_head(joint_text.width, joint_image.width)),
-                        reads=MODALITIES),
+        "image": Expert(nn.Sequential(image_enc, pooled_head(image_enc.width, n_outputs, hidden)), reads="image"),
+        "text": Expert(nn.Sequential(text_enc, pooled_head(text_enc.width, n_outputs, hidden)), reads="text"),
+        "joint": Expert(joint(joint_image, joint_text, joint_image.width, joint_text.width), reads=MODALITIES),
     }, likelihood=likelihood)
 
 
-def recipe(epochs: int, regime: str, lr: float | None, monitor: str) -> dict[str, Any]:
+def recipe(epochs: int, regime: str, lr: float | None, monitor: str) -> Recipe:
     """``fit`` arguments: AdamW (lr 1e-3 from scratch; 3e-5 where a pretrained encoder is
     fine-tuned is the user's call via ``lr``), batch 64, gradient clipping 1, model selection
     on the validation ``monitor``."""
-    return dict(regime=regime, epochs=epochs, batch_size=64, clip_grad_norm=1.0, monitor=monitor,
-                optimizer=functools.partial(torch.optim.AdamW, lr=lr or 1e-3, weight_decay=0.01))
+    return Recipe(regime=regime, epochs=epochs, batch_size=64, clip_grad_norm=1.0, monitor=monitor,
+                  optimizer=functools.partial(torch.optim.AdamW, lr=lr or 1e-3, weight_decay=0.01))
+
+
+def selection_metric(valid: TensorData, likelihood: str, n_outputs: int, preferred: str) -> str:
+    """``preferred`` when ``likelihood``'s metrics define it on ``valid`` (scored with uniform
+    probabilities: AUROC, say, needs both classes there), else ``"loss"``."""
+    if not len(valid):
+        return "loss"
+    probs = np.full((len(valid), n_outputs), 1 / n_outputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        value = as_likelihood(likelihood).metrics(probs, valid.targets.numpy()).get(preferred)
+    return preferred if value is not None and np.isfinite(value) else "loss"
+
+
+# ---------------------------------------------------------------------- what the notebooks print
+
+
+def model_scores(rows: Sequence[dict[str, Any]], metric: str, *extra: str) -> dict[str, dict[str, Any]]:
+    """``compare_across_seeds``'s rows by model: ``metric``, its std and its runs (and any
+    ``extra`` columns, None where missing)."""
+    return {r["model"]: {**{k: r[k] for k in (metric, f"{metric}_std", f"{metric}_runs")},
+                         **{k: r.get(k) for k in extra}} for r in rows}
+
+
+def print_model_scores(scores: dict[str, dict[str, Any]], metric: str, baseline: tuple[str, float], header: str) -> None:
+    """``header``, the baseline's score, then each model's mean +- std over the seeds."""
+    print(header)
+    print(f"  {baseline[0]:10s} {baseline[1]:.3f}")
+    for name, values in scores.items():
+        print(f"  {name:10s} {values[metric]:.3f} +- {values[f'{metric}_std']:.3f}")
+
+
+def print_dependency_report(report) -> None:
+    """``ik.dependency_report``'s verdict, its rows and the PID of the data."""
+    print(report.sentence())
+    for r in report.rows:
+        print(f"  {r['model']:10s} {report.metric} {r['score']:.3f}; re-paired within labels {r['shuffled']:.3f} "
+              f"(drop {r['drop']:+.3f} ± {r['shuffled_std']:.3f}); EMAP gap {r['emap_gap']:+.3f}")
+    print("PID of the data (bits): " + ", ".join(f"{k} {v:.3f}" for k, v in report.pid["data"].items()))
