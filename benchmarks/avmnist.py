@@ -22,7 +22,6 @@ import argparse
 import functools
 import time
 
-import numpy as np
 import torch
 
 import i2m2kit as ik
@@ -85,22 +84,21 @@ def main() -> None:
         per_model = {m: dict(o) for m, o in recipe.per_model.items()}
         for model, lr in learning_rates.items():
             per_model.setdefault(model, {})["optimizer"] = avmnist.published_sgd(lr)
-        recipe = dict(recipe=recipe.replace(batch_size=args.batch_size, per_model=per_model), device=device)
         started = time.perf_counter()
-        for seed in args.seeds:
-            rows = ik.compare_models(build, data["train"], data["valid"], data["test"], seed=seed, names=args.models,
-                                     weigh=args.weigh, **recipe)
-            runs += [(regime, seed, r["model"], 100 * r["accuracy"], r["best_epoch"]) for r in rows]
+
+        def record(seed, rows, regime=regime):
+            runs.extend((regime, seed, r["model"], 100 * r["accuracy"], r["best_epoch"]) for r in rows)
             # the epoch that validation selected: one near the last says more epochs would still help
             print(f"{regime}, seed {seed}: " + ", ".join(f"{r['model']} {100 * r['accuracy']:.2f} (epoch {r['best_epoch']})"
                                                       for r in rows), flush=True)
             if args.out:
                 write_json_atomic({"args": vars(args), "runs": runs}, args.out)
-        table = []
-        for model in dict.fromkeys(m for g, _, m, _, _ in runs if g == regime):
-            accuracies = [a for g, _, m, a, _ in runs if g == regime and m == model]
-            table.append({"regime": regime, "model": model, "accuracy": float(np.mean(accuracies)),
-                          "std": float(np.std(accuracies)), "runs": " ".join(f"{a:.2f}" for a in accuracies)})
+
+        summary, _ = ik.compare_across_seeds(build, data["train"], data["valid"], data["test"], args.seeds,
+                                             after_seed=record, names=args.models, weigh=args.weigh, device=device,
+                                             recipe=recipe.replace(batch_size=args.batch_size, per_model=per_model))
+        table = [{"regime": regime, "model": r["model"], "accuracy": 100 * r["accuracy"], "std": 100 * r["accuracy_std"],
+                  "runs": " ".join(f"{100 * a:.2f}" for a in r["accuracy_runs"])} for r in summary]
         print(f"\n{regime}: {(time.perf_counter() - started) / 60:.1f} min for {len(args.seeds)} seed(s); test accuracy "
               f"(%), mean and std over seeds {args.seeds} (published I2M2: 72.38)")
         print(format_table(table, columns), flush=True)

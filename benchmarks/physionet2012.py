@@ -53,7 +53,7 @@ def main() -> None:
 
     if not args.skip_timing:
         torch.manual_seed(0)
-        report_epoch_cost(pn.build_model(), data["train"], pn.recipe()["batch_size"], device, args.repeats)
+        report_epoch_cost(pn.build_model(), data["train"], pn.recipe().batch_size, device, args.repeats)
 
     reference = pn.reference_scores(args.data, **split)
     rows = [{"regime": "-", "model": f"{pn.REFERENCE} alone", "runs": 1,
@@ -62,7 +62,7 @@ def main() -> None:
     for regime in args.regimes:
         started = time.perf_counter()
         _, trained = ik.compare_across_seeds(pn.build_model, data["train"], data["valid"], data["test"], args.seeds,
-                                             **{**pn.recipe(args.epochs, regime), "device": device}, weigh=args.weigh)
+                                             recipe=pn.recipe(args.epochs, regime), device=device, weigh=args.weigh)
         for name in trained[0]:
             rows.append({"regime": regime, "model": name, "runs": len(trained),
                          **pn.clinical_over_seeds([t[name] for t in trained], data["valid"], data["test"], device)})

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
@@ -102,3 +102,13 @@ def check_not_empty(data, name: str) -> None:
     if n == 0:
         raise ValueError(f"{name} holds no examples"
                          + (" (an empty DataLoader)" if isinstance(data, DataLoader) else " (an empty data set)"))
+
+
+def split_sizes(data: Mapping[str, TensorData], class_names: Sequence[str], unit: str = "examples") -> dict[str, int]:
+    """Print the size of each split (train, valid, test) and its examples per class
+    (class-index targets); return the sizes."""
+    names = [name for name in ("train", "valid", "test") if name in data]
+    for name in names:
+        counts = torch.bincount(data[name].targets, minlength=len(class_names)).tolist()
+        print(f"{name:5s} {len(data[name]):6d} {unit}; per class {dict(zip(class_names, counts))}")
+    return {name: len(data[name]) for name in names}

@@ -426,6 +426,15 @@ class DependencyReport:
     def sentence(self) -> str:
         return f"Verdict: {self.verdict}. " + " ".join(self.reasons)
 
+    def summary(self) -> str:
+        """The sentence, each model's label-preserving shuffle and EMAP gap, and the PID: what
+        the notebooks print under their dependency section."""
+        lines = [self.sentence()]
+        lines += [f"  {r['model']:10s} {self.metric} {r['score']:.3f}; re-paired within labels {r['shuffled']:.3f} "
+                  f"(drop {r['drop']:+.3f} ± {r['shuffled_std']:.3f}); EMAP gap {r['emap_gap']:+.3f}" for r in self.rows]
+        lines.append("PID of the data (bits): " + ", ".join(f"{k} {v:.3f}" for k, v in self.pid["data"].items()))
+        return "\n".join(lines)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

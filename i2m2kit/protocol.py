@@ -8,6 +8,7 @@ import dataclasses
 import itertools
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 from .data import TensorData
 from .experts import I2M2
 from .inference import evaluate
+from .likelihoods import as_likelihood
 from .train import LOWER_IS_BETTER, FitResult, fit
 
 
@@ -54,6 +56,19 @@ class Recipe:
 
     def replace(self, **changes: Any) -> "Recipe":
         return dataclasses.replace(self, **changes)
+
+
+def defined_metric(valid: TensorData, likelihood: str, n_outputs: int, preferred: str) -> str:
+    """``preferred`` when ``likelihood``'s metrics define it on ``valid`` (scored with uniform
+    probabilities: AUROC, say, needs both classes there), else ``"loss"``: what each task's
+    ``selection_metric`` monitors, so that a small validation split never selects on NaN."""
+    if not len(valid):
+        return "loss"
+    probs = np.full((len(valid), n_outputs), 1 / n_outputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        value = as_likelihood(likelihood).metrics(probs, valid.targets.numpy()).get(preferred)
+    return preferred if value is not None and np.isfinite(value) else "loss"
 
 
 def compare_models(
@@ -168,17 +183,21 @@ def compare_across_seeds(
     valid: Dataset | DataLoader | None,
     test: Dataset | DataLoader,
     seeds: Iterable[int],
+    after_seed: Callable[[int, list[dict[str, Any]]], None] | None = None,
     **kwargs: Any,
 ) -> tuple[list[dict[str, Any]], list[dict[str, I2M2]]]:
     """``compare_models`` once per seed. Returns one row per model with every metric's mean
     over the seeds where it is defined (and ``<metric>_std``, ``<metric>_runs``), and the
-    trained models of each seed."""
+    trained models of each seed. ``after_seed(seed, rows)`` is called as each seed's runs
+    end (a long benchmark writes its results there, not only at the end)."""
     seeds = list(seeds)
     runs, trained_per_seed = [], []
     for seed in seeds:
         trained: dict[str, I2M2] = {}
         runs.append(compare_models(build_model, train, valid, test, seed=seed, trained=trained, **kwargs))
         trained_per_seed.append(trained)
+        if after_seed is not None:
+            after_seed(seed, runs[-1])
     summary = []
     for i, name in enumerate(r["model"] for r in runs[0]):
         row: dict[str, Any] = {"model": name, "seeds": seeds}

@@ -152,7 +152,8 @@ class Param:
 
     ``check_parameters(globals())`` then checks every declared parameter in one call (see
     ``check_parameter`` for ``kind``, ``low``, ``high``, ``choices``, ``items``); a bound
-    may be a function of the parameters, for one that depends on another."""
+    may be a function of the parameters, for one that depends on another. ``None``, where
+    ``kind`` admits it, is "not set": the bounds and choices are for the values that are."""
 
     kind: type | tuple[type, ...] | None = None
     low: Bound = None
@@ -164,6 +165,8 @@ class Param:
     def check(self, name: str, value: Any, parameters: Mapping[str, Any]) -> None:
         if self.device:
             return check_device(name, value)
+        if value is None and type(None) in (self.kind if isinstance(self.kind, tuple) else (self.kind,)):
+            return
         given = {k: v(parameters) if callable(v) and not isinstance(v, type) else v
                  for k, v in (("low", self.low), ("high", self.high), ("choices", self.choices))}
         check_parameter(name, value, kind=self.kind, items=self.items, **given)

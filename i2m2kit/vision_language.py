@@ -31,20 +31,16 @@ from __future__ import annotations
 
 import functools
 import re
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
 from .blocks import LateFusion, mlp
-from .data import TensorData
 from .experts import I2M2, Expert
-from .likelihoods import as_likelihood
 from .io import package_folder
 from .protocol import Recipe
 
@@ -321,18 +317,6 @@ def recipe(epochs: int, regime: str, lr: float | None, monitor: str) -> Recipe:
                   optimizer=functools.partial(torch.optim.AdamW, lr=lr or 1e-3, weight_decay=0.01))
 
 
-def selection_metric(valid: TensorData, likelihood: str, n_outputs: int, preferred: str) -> str:
-    """``preferred`` when ``likelihood``'s metrics define it on ``valid`` (scored with uniform
-    probabilities: AUROC, say, needs both classes there), else ``"loss"``."""
-    if not len(valid):
-        return "loss"
-    probs = np.full((len(valid), n_outputs), 1 / n_outputs)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        value = as_likelihood(likelihood).metrics(probs, valid.targets.numpy()).get(preferred)
-    return preferred if value is not None and np.isfinite(value) else "loss"
-
-
 # ---------------------------------------------------------------------- what the notebooks print
 
 
@@ -349,12 +333,3 @@ def print_model_scores(scores: dict[str, dict[str, Any]], metric: str, baseline:
     print(f"  {baseline[0]:10s} {baseline[1]:.3f}")
     for name, values in scores.items():
         print(f"  {name:10s} {values[metric]:.3f} +- {values[f'{metric}_std']:.3f}")
-
-
-def print_dependency_report(report) -> None:
-    """``ik.dependency_report``'s verdict, its rows and the PID of the data."""
-    print(report.sentence())
-    for r in report.rows:
-        print(f"  {r['model']:10s} {report.metric} {r['score']:.3f}; re-paired within labels {r['shuffled']:.3f} "
-              f"(drop {r['drop']:+.3f} ± {r['shuffled_std']:.3f}); EMAP gap {r['emap_gap']:+.3f}")
-    print("PID of the data (bits): " + ", ".join(f"{k} {v:.3f}" for k, v in report.pid["data"].items()))

@@ -102,19 +102,20 @@ def test_experts_read_float16_slices_and_sum_to_the_logits():
 
 
 def test_published_recipe(prepared):
-    recipe = fastmri.published_recipe(7, prepared)
-    assert recipe["regime"] == "joint" and recipe["epochs"] == 7 and recipe["monitor"] == "auroc"
-    assert isinstance(recipe["optimizer"], functools.partial) and recipe["optimizer"].func is torch.optim.AdamW
-    torch.testing.assert_close(recipe["loss_weight"], torch.tensor([2.0, 3.0, 4.0, 5.0]))
-    assert recipe["patience"] is not None
+    recipe = fastmri.recipe(7, prepared=prepared)
+    assert isinstance(recipe, ik.Recipe) and fastmri.recipe().epochs == 50 and fastmri.recipe().loss_weight is None
+    assert recipe.regime == "joint" and recipe.epochs == 7 and recipe.monitor == "auroc"
+    assert isinstance(recipe.optimizer, functools.partial) and recipe.optimizer.func is torch.optim.AdamW
+    torch.testing.assert_close(recipe.loss_weight, torch.tensor([2.0, 3.0, 4.0, 5.0]))
+    assert recipe.patience is not None
 
 
 def test_selection_metric_falls_back_to_loss_without_both_classes():
     x = {"magnitude": torch.zeros(4, 1, 8, 8), "phase": torch.zeros(4, 1, 8, 8)}
-    assert fastmri.selection_metric(ik.TensorData(x, torch.zeros(4, 4))) == "loss"
+    assert fastmri.selection_metric({"valid": ik.TensorData(x, torch.zeros(4, 4))}) == "loss"
     y = torch.zeros(4, 4)
     y[0, 2] = 1
-    assert fastmri.selection_metric(ik.TensorData(x, y)) == "auroc"
+    assert fastmri.selection_metric({"valid": ik.TensorData(x, y)}) == "auroc"
 
 
 def test_operating_threshold_is_the_highest_with_sensitivity_above_90_percent():
@@ -134,7 +135,7 @@ def test_training_and_operating_point_scores_for_every_model(prepared):
     data = fastmri.load(prepared, downsample=8)
     rows, trained = ik.compare_across_seeds(lambda: fastmri.build_model(width=4), data["train"], data["valid"],
                                             data["test"], seeds=[0], progress=False,
-                                            **{**fastmri.published_recipe(1, prepared), "batch_size": 6})
+                                            recipe=fastmri.recipe(1, prepared=prepared, batch_size=6))
     assert [r["model"] for r in rows] == ["uni:magnitude", "uni:phase", "intra", "inter", "i2m2"]
     table = fastmri.operating_point_table(trained, data["valid"], data["test"])
     assert [r["model"] for r in table] == [r["model"] for r in rows]

@@ -121,13 +121,14 @@ def test_every_expert_parameter_gets_a_gradient(prepared):
 def test_a_tiny_fit_with_the_published_recipe(prepared):
     data = mimic.load(prepared, "icd9_140_239")
     k = mimic.n_classes("icd9_140_239")
-    recipe = mimic.published_recipe(epochs=2)
-    assert recipe["batch_size"] == 40 and recipe["monitor"] == "auprc" and recipe["regime"] == "joint"
-    assert isinstance(recipe["optimizer"]([torch.nn.Parameter(torch.zeros(1))]), torch.optim.RMSprop)
-    monitor = mimic.selection_metric(data["valid"], k)
+    recipe = mimic.recipe(epochs=2)
+    assert isinstance(recipe, ik.Recipe) and mimic.recipe().epochs == 20
+    assert recipe.batch_size == 40 and recipe.monitor == "auprc" and recipe.regime == "joint"
+    assert isinstance(recipe.optimizer([torch.nn.Parameter(torch.zeros(1))]), torch.optim.RMSprop)
+    monitor = mimic.selection_metric(data, task="icd9_140_239")
     torch.manual_seed(0)
     model = mimic.build_model(k)
-    result = ik.fit(model, data["train"], data["valid"], **{**recipe, "monitor": monitor},
+    result = ik.fit(model, data["train"], data["valid"], **recipe.replace(monitor=monitor).fit_arguments(),
                     device="cpu", progress=False)
     assert len(result.history) == 2 and all(np.isfinite(r["train_loss"]) for r in result.history)
     metrics = ik.evaluate(model, data["test"], device="cpu")
@@ -136,6 +137,8 @@ def test_a_tiny_fit_with_the_published_recipe(prepared):
 
 def test_selection_falls_back_to_loss_when_a_class_is_missing():
     full = ik.TensorData({"static": torch.zeros(4, 5)}, torch.tensor([0, 1, 0, 1]))
-    assert mimic.selection_metric(full, 2) == "auprc"
+    assert mimic.selection_metric({"valid": full}, task="icd9_140_239") == "auprc"
+    assert mimic.selection_metric({"valid": full}) == "loss"  # mortality: 6 classes, 2 of them present
+    assert mimic.selection_metric({"valid": full}, "accuracy", task="mortality") == "accuracy"
     one_class = ik.TensorData({"static": torch.zeros(4, 5)}, torch.tensor([0, 0, 0, 0]))
-    assert mimic.selection_metric(one_class, 2) == "loss"
+    assert mimic.selection_metric({"valid": one_class}, task="icd9_460_519") == "loss"

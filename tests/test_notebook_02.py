@@ -38,7 +38,7 @@ def mortality(shared_data, tmp_path_factory):
 def test_committed_notebook_has_no_outputs_and_a_parameters_cell():
     nb, _, cell = committed_notebook(NOTEBOOK, (
         "dataset", "data_dir", "stays", "test_set", "task", "epochs", "seeds", "device", "output_dir"))
-    assert 'dataset = "physionet2012"' in cell.source
+    assert 'dataset: Param(choices=("physionet2012", "mimic")) = "physionet2012"' in cell.source
     prose = " ".join(c.source for c in nb.cells if c.cell_type == "markdown")
     assert "SAPS-I" in prose and "no meaningful number" in prose
 

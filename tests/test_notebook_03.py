@@ -31,7 +31,8 @@ def test_committed_notebook_has_no_outputs_and_declares_its_data():
     nb, _, parameters = committed_notebook(NOTEBOOK, (
         "data_dir", "annotations_dir", "label", "epochs", "seeds", "device", "output_dir"))
     # the defaults are the published setting: PreAct-ResNet18 on 320 x 320 images
-    assert "\nwidth = 64 " in parameters.source and "\ndownsample = 1 " in parameters.source
+    assert "\nwidth: Param(int, low=1) = 64 " in parameters.source
+    assert "\ndownsample: Param(int, low=1, high=80) = 1 " in parameters.source
     need = nb.metadata["i2m2kit"]
     assert need["data_parameter"] == "data_dir" and need["data_subdir"] == "fastmri/knee_singlecoil"
     assert "https://fastmri.med.nyu.edu/" in need["data_hint"]

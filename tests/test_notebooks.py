@@ -40,8 +40,6 @@ def test_every_notebook_declares_each_parameter_once_with_its_check_and_is_lean(
     import ast
 
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
-        if path.name.startswith(("02", "03")):  # not yet carried over to Param (issue 20, open)
-            continue
         code = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
         cell = next(c for c in code if "parameters" in c.metadata.get("tags", []))
         for node in ast.parse(cell.source).body:
@@ -53,6 +51,23 @@ def test_every_notebook_declares_each_parameter_once_with_its_check_and_is_lean(
         assert source.count("check_parameters(globals())") == 1 and "check_parameter(" not in source, path.name
         lines = [line for line in source.splitlines() if line.strip() and not line.strip().startswith("#")]
         assert len(lines) < 90 if not path.name.startswith("00") else len(lines) < 120, (path.name, len(lines))
+
+
+def test_a_declared_parameter_is_checked_with_its_bounds_and_none_means_not_set():
+    from i2m2kit.runner import Param, check_parameters
+
+    def namespace(**values):
+        return {"__annotations__": {"n_train": Param((int, type(None)), low=2), "valid_size": Param(
+            int, low=1, high=lambda p: p["n_train"] and p["n_train"] - 1), "split": Param(choices=(None, "b"))}, **values}
+
+    check_parameters(namespace(n_train=None, valid_size=1, split=None))  # None: not set, so no bound applies
+    check_parameters(namespace(n_train=10, valid_size=9, split="b"))
+    for values, message in (({"n_train": 1, "valid_size": 1, "split": None}, "n_train=1: must be at least 2"),
+                            ({"n_train": 10, "valid_size": 10, "split": None}, "valid_size=10: must be at most 9"),
+                            ({"n_train": 10, "valid_size": 2, "split": "c"}, "split='c': must be one of"),
+                            ({"n_train": "10", "valid_size": 2, "split": None}, "n_train='10': expected int or NoneType")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            check_parameters(namespace(**values))
 
 
 def test_notebook_00_runs_and_reports_its_numbers(run00):

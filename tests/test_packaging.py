@@ -63,3 +63,28 @@ def test_ci_runs_the_readme_test_command():
     commands = [l.strip() for l in (ROOT / ".ci" / "run").read_text().splitlines()
                 if l.strip() and not l.lstrip().startswith("#")]
     assert commands[-1] == "make test"
+
+
+def test_every_task_module_gives_the_one_contract():
+    """load(path, ...), build_model(...) with defaults, recipe(epochs=None, regime=...) -> Recipe,
+    selection_metric(data, preferred=None, ...): every benchmark called the same way."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import i2m2kit as ik
+    import i2m2kit.tasks
+
+    names = [m.name for m in pkgutil.iter_modules(i2m2kit.tasks.__path__)]
+    assert {"avmnist", "mimic", "physionet2012", "fastmri", "vqa", "nlvr", "synthetic"} <= set(names)
+    for name in names:
+        task = importlib.import_module(f"i2m2kit.tasks.{name}")
+        load, build, recipe, select = (inspect.signature(getattr(task, f)) for f in
+                                       ("load", "build_model", "recipe", "selection_metric"))
+        assert list(load.parameters)[0] == "path", name
+        assert all(p.default is not p.empty for p in build.parameters.values() if p.kind != p.VAR_KEYWORD), name
+        assert list(recipe.parameters)[:2] == ["epochs", "regime"] and recipe.parameters["epochs"].default is None, name
+        assert list(select.parameters)[:2] == ["data", "preferred"] and select.parameters["preferred"].default is None
+        made = task.recipe()
+        assert isinstance(made, ik.Recipe) and made.epochs >= 1, name
+        assert task.recipe(3).epochs == 3 and task.recipe(3).regime == made.regime, name

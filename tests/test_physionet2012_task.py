@@ -105,11 +105,12 @@ def test_three_experts_train_through_the_one_loop(folder):
     assert list(model.experts) == ["static", "series", "joint"]
     assert model.experts["joint"].reads == ("static", "series")
     rows = ik.compare_models(lambda: pn.build_model(hidden=16, static_hidden=8, head_hidden=16), data["train"],
-                             data["valid"], data["test"], progress=False, **pn.recipe(epochs=2))
+                             data["valid"], data["test"], progress=False, recipe=pn.recipe(epochs=2))
     assert sorted(r["model"] for r in rows) == ["i2m2", "inter", "intra", "uni:series", "uni:static"]
     assert all(0 <= r["auroc"] <= 1 and np.isfinite(r["auprc"]) for r in rows)
     before = pn.clinical_metrics(model, data["valid"], data["train"])["auroc"]
-    ik.fit(model, data["train"], data["valid"], progress=False, **pn.recipe(epochs=3))
+    assert pn.selection_metric(data) == "auprc" and pn.recipe().epochs == 20
+    ik.fit(model, data["train"], data["valid"], progress=False, **pn.recipe(epochs=3).fit_arguments())
     m = pn.clinical_metrics(model, data["valid"], data["train"])  # it learns: the training stays ranked
     assert m["auroc"] > max(0.7, before + 0.1) and set(m) >= {"auroc", "auprc", "event1", "balanced_accuracy"}
 

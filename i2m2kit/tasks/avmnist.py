@@ -26,12 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import vision_language
 from ..blocks import Concat, LateFusion, mlp
 from ..data import TensorData
 from ..experts import I2M2, Expert
 from ..io import class_labels, read_array
-from ..protocol import Recipe
+from ..protocol import Recipe, defined_metric
 
 MODALITIES = ("image", "audio")
 # what prepare_avmnist.py reads of its --raw folder (which may hold other data sets too)
@@ -268,7 +267,7 @@ def recipe(epochs: int | None = None, regime: str = "pretrain_finetune") -> Reci
 def selection_metric(data: dict[str, TensorData], preferred: str | None = None) -> str:
     """``preferred`` (default: the recipe's monitor, accuracy) when it is defined on the
     validation split, else ``"loss"``."""
-    return vision_language.selection_metric(data["valid"], "categorical", N_CLASSES, preferred or recipe().monitor)
+    return defined_metric(data["valid"], "categorical", N_CLASSES, preferred or recipe().monitor)
 
 
 # ---------------------------------------------------------------------- what the notebook shows
@@ -352,12 +351,3 @@ def joint_overrules(pred, data: TensorData, shown: tuple[int, int] = (4, 2)):
                                        f"I2M2 says {int(i2m2_says[i])}" for i in picked],
                         "The joint expert overrules the uni-modal experts") if picked else None
     return counts, figure
-
-
-def print_dependency(report) -> None:
-    """``report``'s sentence, each model's label-preserving shuffle and EMAP gap, and the PID."""
-    print(report.sentence())
-    for r in report.rows:
-        print(f"  {r['model']:10s} {report.metric} {r['score']:.3f}; re-paired within labels {r['shuffled']:.3f} "
-              f"(drop {r['drop']:+.3f} ± {r['shuffled_std']:.3f}); EMAP gap {r['emap_gap']:+.3f}")
-    print("PID of the data (bits): " + ", ".join(f"{k} {v:.3f}" for k, v in report.pid["data"].items()))

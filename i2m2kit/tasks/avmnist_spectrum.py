@@ -52,9 +52,9 @@ def build_model(**options: Any) -> I2M2:
     return avmnist.build_model(**options)
 
 
-def recipe(epochs: int | None = None, **options: Any) -> Recipe:
+def recipe(epochs: int | None = None, regime: str = "pretrain_finetune") -> Recipe:
     """``avmnist.recipe``: the published one, at every share."""
-    return avmnist.recipe(epochs, **options)
+    return avmnist.recipe(epochs, regime)
 
 
 def selection_metric(data: dict[str, TensorData], preferred: str | None = None) -> str:

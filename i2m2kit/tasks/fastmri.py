@@ -21,7 +21,7 @@ the first threshold with a false-positive rate above 25%), applied to the test s
 
     data = fastmri.load("data/fastmri")          # {"train", "valid", "test"}: TensorData
     model = fastmri.build_model()                # experts "magnitude", "phase", "joint"
-    ik.fit(model, data["train"], data["valid"], **fastmri.published_recipe(epochs, "data/fastmri"))
+    ik.fit(model, data["train"], data["valid"], **fastmri.recipe(prepared="data/fastmri").fit_arguments())
     fastmri.operating_point_scores(model, data["valid"], data["test"])
 """
 
@@ -39,10 +39,11 @@ import torch.nn.functional as F
 from sklearn import metrics as skm
 from torch import nn
 
-from ..experts import I2M2, Expert
-from ..io import read_metadata
 from ..data import TensorData
+from ..experts import I2M2, Expert
 from ..inference import predict
+from ..io import read_metadata
+from ..protocol import Recipe, defined_metric
 
 MODALITIES = ("magnitude", "phase")
 LABELS = ("abnormal", "meniscus_tear", "acl", "cartilage")
@@ -180,25 +181,22 @@ def build_model(width: int = 64, blocks: Sequence[int] = (2, 2, 2, 2), dropout: 
     }, likelihood="bernoulli")
 
 
-def published_recipe(epochs: int = 50, prepared: str | Path | None = None, lr: float = 1e-4,
-                     weight_decay: float = 1e-5, batch_size: int = 16, patience: int | None = 5) -> dict[str, Any]:
-    """``fit`` arguments of the published fastMRI runs: joint training from scratch, AdamW,
-    class-weighted loss (the training split's weights, read from the prepared folder
+def recipe(epochs: int | None = None, regime: str = "joint", prepared: str | Path | None = None, lr: float = 1e-4,
+           weight_decay: float = 1e-5, batch_size: int = 16, patience: int | None = 5) -> Recipe:
+    """The published fastMRI runs: joint training from scratch for ``epochs`` (50 by default),
+    AdamW, class-weighted loss (the training split's weights, read from the prepared folder
     ``prepared``), early stopping and model selection on mean validation AUROC. The learning
     rate, weight decay, batch size and patience are this package's choices, not published
     values."""
-    recipe = dict(regime="joint", epochs=epochs, batch_size=batch_size, monitor="auroc", patience=patience,
-                  optimizer=functools.partial(torch.optim.AdamW, lr=lr, weight_decay=weight_decay))
-    if prepared is not None:
-        recipe["loss_weight"] = pos_weight(prepared)
-    return recipe
+    return Recipe(regime=regime, epochs=50 if epochs is None else epochs, batch_size=batch_size, monitor="auroc",
+                  patience=patience, optimizer=functools.partial(torch.optim.AdamW, lr=lr, weight_decay=weight_decay),
+                  loss_weight=pos_weight(prepared) if prepared is not None else None)
 
 
-def selection_metric(valid: TensorData, preferred: str = "auroc") -> str:
-    """``preferred`` when it is defined on ``valid`` (some label has both classes), else ``"loss"``."""
-    y = valid.targets
-    both = ((y.min(0).values == 0) & (y.max(0).values == 1)).any()
-    return preferred if bool(both) else "loss"
+def selection_metric(data: dict[str, TensorData], preferred: str | None = None) -> str:
+    """``preferred`` (default: the recipe's monitor, mean AUROC) when it is defined on the
+    validation split (some label has both classes there), else ``"loss"``."""
+    return defined_metric(data["valid"], "bernoulli", len(LABELS), preferred or recipe().monitor)
 
 
 # ---------------------------------------------------------------------- operating point
@@ -272,6 +270,86 @@ def operating_point_table(trained: Sequence[Mapping[str, I2M2]], valid: TensorDa
             row[metric], row[f"{metric}_std"] = float(np.mean(values)), float(np.std(values))
         rows.append(row)
     return rows
+
+
+# ---------------------------------------------------------------------- what the notebook shows
+
+
+def prepare(prepared: str | Path, data_dir: str | Path, annotations_dir: str | Path | None = None,
+            split_seed: int = 0) -> Path:
+    """``prepared`` built from the k-space files in ``data_dir`` and the fastMRI+ annotations
+    (``annotations_dir``, else ``fastmri_plus`` beside the data or in ``../shared/data``),
+    split with ``split_seed``, unless it holds this build already. Without the raw files a
+    prepared folder is used as it is (its settings still checked)."""
+    from ..runner import find_folder, prepare_data
+
+    raw = find_folder(data_dir)
+    if raw is None and not (Path(prepared) / "metadata.json").exists():
+        raise FileNotFoundError(
+            f"data_dir={str(data_dir)!r}: no such folder. The fastMRI knee k-space files need a data-use agreement: "
+            f"request them at https://fastmri.med.nyu.edu/ and point data_dir at the unpacked single-coil files")
+    args: tuple[str, ...] = ()
+    if raw is not None:  # the raw files are here: the prepared folder is checked against them
+        candidates = [annotations_dir] if annotations_dir else [
+            raw.parent.parent / "fastmri_plus", raw.parent / "fastmri_plus", "../shared/data/fastmri_plus"]
+        notes = next((f for f in (find_folder(c) for c in candidates) if f and (f / "knee.csv").exists()), None)
+        if notes is None:
+            raise FileNotFoundError(f"no fastMRI+ annotations (knee.csv, knee_file_list.csv) in {candidates}: get them "
+                                    f"from github.com/microsoft/fastmri-plus (Annotations/) and pass annotations_dir")
+        args = ("--no-progress", "--annotations", str(notes.resolve()), "--seed", str(split_seed))
+    return prepare_data("fastmri", raw, prepared, args=args)
+
+
+def describe(prepared: str | Path, data: dict[str, TensorData]) -> dict[str, dict[str, int]]:
+    """Print each split's volumes, slices and positive slices, the class weights and the image
+    size; return the volumes and slices of each split."""
+    meta = metadata(prepared)
+    for split, c in meta["counts"].items():
+        print(f"{split:5s} {c['volumes']:4d} volumes {c['slices']:6d} slices; positive slices {c['positive_slices']}")
+    print("positive-class weights of the training split:",
+          {k: round(v["pos_weight"], 2) for k, v in meta["class_weights"].items()})
+    print(f"images {tuple(data['train'].inputs['magnitude'].shape[-2:])}; "
+          f"{len(meta['volumes_not_reviewed_excluded'])} volume(s) never reviewed by fastMRI+ left out")
+    return {s: {"volumes": c["volumes"], "slices": c["slices"]} for s, c in meta["counts"].items()}
+
+
+def show_slices(prepared: str | Path, train: TensorData):
+    """The first training slice of each finding the split has, and one with no finding:
+    magnitude above, phase below, captioned with the file, the slice and the findings."""
+    from .. import plots
+
+    table, y = slices(prepared, "train"), train.targets
+    shown = [int(torch.nonzero(y[:, j])[0]) for j in range(len(LABELS)) if y[:, j].any()]
+    shown += [int(torch.nonzero(y.sum(1) == 0)[0])] if (y.sum(1) == 0).any() else []
+    captions = [f"{table[i]['file']} #{table[i]['slice']}<br>"
+                + (", ".join(n for n, v in zip(LABELS, y[i]) if v) or "no finding") for i in shown]
+    return plots.examples({m: train.inputs[m][shown, 0].float() for m in MODALITIES}, captions,
+                          title="Training slices: magnitude and phase")
+
+
+def print_scores(scores: Sequence[Mapping[str, Any]], monitor: str, seeds: int) -> None:
+    """``operating_point_table``'s rows: each model's mean test AUROC and scores at the operating point."""
+    print(f"model selection on validation {monitor}; test, mean over {seeds} seed(s), over the labels defined:")
+    for r in scores:
+        print(f"  {r['model']:14s} " + "  ".join(f"{m} {r[m]:.3f}" for m in
+                                                 ("auroc", "balanced_accuracy", "sensitivity", "specificity") if m in r))
+
+
+def joint_expert_gain(scores: Sequence[Mapping[str, Any]], experts: Sequence[Mapping[str, Any]],
+                      label: str) -> float | None:
+    """I2M2's mean test AUROC over the intra-modality model's (what the joint expert adds),
+    printed with how often the joint expert decides and flips ``label``'s call; None when
+    AUROC is undefined on the test split."""
+    by_model = {r["model"]: r for r in scores}
+    joint = next(r for r in experts if r["expert"] == "joint")
+    if "auroc" not in by_model["i2m2"] or "auroc" not in by_model["intra"]:
+        print("test AUROC is undefined here (a label with one class only in the test split)")
+        return None
+    gain = by_model["i2m2"]["auroc"] - by_model["intra"]["auroc"]
+    print(f"I2M2 {by_model['i2m2']['auroc']:.3f} vs intra-modality model {by_model['intra']['auroc']:.3f} mean test "
+          f"AUROC: the joint expert adds {gain:+.3f}; in I2M2 it decides {joint['decides']:.0%} of the {label} calls "
+          f"and dropping it flips {joint['flip_rate_if_dropped']:.0%}")
+    return gain
 
 
 def slices(path: str | Path, split: str) -> list[dict[str, str]]:

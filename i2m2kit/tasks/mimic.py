@@ -31,22 +31,25 @@ per series variable over all steps) and are applied to every split.
 
     data = mimic.load("data/mimic", task="mortality")   # {"train", "valid", "test"}: TensorData
     model = mimic.build_model(mimic.n_classes("mortality"))
-    ik.fit(model, data["train"], data["valid"], **mimic.published_recipe())
+    recipe = mimic.recipe().replace(monitor=mimic.selection_metric(data, task="mortality"))
+    ik.fit(model, data["train"], data["valid"], **recipe.fit_arguments())
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import random
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..blocks import LateFusion, mlp
+from ..data import TensorData, split_sizes
 from ..experts import I2M2, Expert
-from ..data import TensorData
+from ..protocol import Recipe, defined_metric
 
 MODALITIES = ("static", "series")
 STATIC_FEATURES = 5
@@ -140,12 +143,34 @@ def load(path: str | Path, task: str = "mortality", seed: int = SPLIT_SEED,
             for name, i in splits.items()}
 
 
+def class_names(task: str) -> list[str]:
+    return list(MORTALITY_CLASSES) if task == "mortality" else ["no", "yes"]
+
+
+def prepare(prepared: str | Path, data_dir: str | Path) -> Path:
+    """``prepared`` built from the database's CSV tables in ``data_dir`` (looked up from here
+    and the repository root) unless it holds this build already."""
+    from ..runner import find_folder, prepare_data
+
+    raw = find_folder(data_dir)
+    if raw is None and not (Path(prepared) / "metadata.json").exists():
+        raise FileNotFoundError(f"data_dir={str(data_dir)!r}: no such folder here or in the repository")
+    if raw is not None and not list(raw.glob("PATIENTS.csv*")) + list(raw.glob("patients.csv*")):
+        raise FileNotFoundError(f"data_dir={str(data_dir)!r} holds no MIMIC-III tables (PATIENTS.csv.gz, ...); "
+                                "pass -p data_dir with the folder of the database's CSV tables")
+    return prepare_data("mimic", raw, prepared, args=("--no-progress",))
+
+
+def describe(prepared: str | Path, data: dict[str, TensorData], task: str) -> dict[str, int]:
+    """Print the cohort, the in-hospital mortality and each split's size and classes; return
+    the split sizes."""
+    meta = json.loads((Path(prepared) / "metadata.json").read_text())
+    print(f"{meta['cohort']['measurements_spanning_more_than_24h']} admissions (one ICU stay each); "
+          f"in-hospital mortality {meta['prevalence']['mortality/in_hospital']:.3f}")
+    return split_sizes(data, class_names(task), "stays")
+
+
 # ---------------------------------------------------------------------- experts
-
-
-def mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
-    """MultiBench's two-layer MLP: linear, ReLU, linear."""
-    return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, d_out))
 
 
 class SeriesEncoder(nn.Module):
@@ -160,20 +185,10 @@ class SeriesEncoder(nn.Module):
         return states.flatten(1)
 
 
-class Joint(nn.Module):
-    """The joint (inter-modality) expert: both encoders, concatenated, then one head."""
-
-    def __init__(self, static_encoder: nn.Module, series_encoder: nn.Module, head: nn.Module):
-        super().__init__()
-        self.static_encoder, self.series_encoder, self.head = static_encoder, series_encoder, head
-
-    def forward(self, static: torch.Tensor, series: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.cat([self.static_encoder(static), self.series_encoder(series)], dim=1))
-
-
-def build_model(n_classes: int, steps: int = 24, static_hidden: int = 10, series_hidden: int = 30,
+def build_model(n_classes: int = len(MORTALITY_CLASSES), steps: int = 24, static_hidden: int = 10, series_hidden: int = 30,
                 head_hidden: int = 40) -> I2M2:
-    """I2M2 with experts ``static``, ``series`` and ``joint``, each with its own encoders."""
+    """I2M2 with experts ``static``, ``series`` and ``joint``, each with its own encoders
+    (``n_classes``: 6 for the mortality task, the default; 2 for an ICD-9 group)."""
     static_out, series_out = static_hidden, steps * series_hidden
 
     def static_encoder():
@@ -183,23 +198,23 @@ def build_model(n_classes: int, steps: int = 24, static_hidden: int = 10, series
         "static": Expert(nn.Sequential(static_encoder(), mlp(static_out, head_hidden, n_classes)), reads="static"),
         "series": Expert(nn.Sequential(SeriesEncoder(hidden=series_hidden),
                                        mlp(series_out, head_hidden, n_classes)), reads="series"),
-        "joint": Expert(Joint(static_encoder(), SeriesEncoder(hidden=series_hidden),
-                              mlp(static_out + series_out, head_hidden, n_classes)), reads=MODALITIES),
+        "joint": Expert(LateFusion({"static": static_encoder(), "series": SeriesEncoder(hidden=series_hidden)},
+                                   head=mlp(static_out + series_out, head_hidden, n_classes)), reads=MODALITIES),
     })
 
 
-def published_recipe(epochs: int = 20) -> dict[str, Any]:
-    """``fit`` arguments of the published MIMIC-III runs: joint training from scratch, RMSprop
-    lr 1e-3, batch 40, model selection on validation AUPRC."""
-    return dict(regime="joint", epochs=epochs, batch_size=40, monitor="auprc",
-                optimizer=functools.partial(torch.optim.RMSprop, lr=1e-3))
+def recipe(epochs: int | None = None, regime: str = "joint") -> Recipe:
+    """The published MIMIC-III runs: joint training from scratch for ``epochs`` (20 by
+    default), RMSprop lr 1e-3, batch 40, model selection on validation AUPRC."""
+    return Recipe(regime=regime, epochs=20 if epochs is None else epochs, batch_size=40, monitor="auprc",
+                  optimizer=functools.partial(torch.optim.RMSprop, lr=1e-3))
 
 
-def selection_metric(valid: TensorData, n_classes: int, preferred: str = "auprc") -> str:
-    """``preferred`` when it is defined on ``valid`` (every class present), else ``"loss"``.
+def selection_metric(data: dict[str, TensorData], preferred: str | None = None, task: str = "mortality") -> str:
+    """``preferred`` (default: the recipe's monitor, AUPRC) when it is defined on the
+    validation split of ``task``'s classes (every class present), else ``"loss"``.
 
     AUPRC is undefined when a class is absent from the validation split, as it is on the
     100-patient demo (9 validation admissions).
     """
-    present = len(torch.unique(valid.targets))
-    return preferred if present == n_classes else "loss"
+    return defined_metric(data["valid"], "categorical", n_classes(task), preferred or recipe().monitor)

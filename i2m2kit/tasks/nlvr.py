@@ -42,7 +42,7 @@ from ..data import TensorData
 from ..experts import I2M2
 from ..inference import Predictions
 from ..io import read_metadata
-from ..protocol import Recipe
+from ..protocol import Recipe, defined_metric
 from ..runner import find_folder, prepare_data
 from ..vision_language import GridEncoder, TextSpec, tokenize
 
@@ -235,8 +235,8 @@ def recipe(epochs: int | None = None, regime: str = "joint", lr: float | None = 
 def selection_metric(data: NLVRData, preferred: str | None = None) -> str:
     """``preferred`` (default: the recipe's monitor, accuracy) when it is defined on the
     validation (dev) split (AUROC needs both labels there), else ``"loss"``."""
-    return vision_language.selection_metric(data.splits["valid"], "categorical", len(CLASS_NAMES),
-                                            preferred or recipe().monitor)
+    return defined_metric(data.splits["valid"], "categorical", len(CLASS_NAMES),
+                          preferred or recipe().monitor)
 
 
 # ---------------------------------------------------------------------- what the notebook shows

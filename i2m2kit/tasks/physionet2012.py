@@ -28,7 +28,7 @@ challenge's own protocol. Normalisation statistics come from the train split onl
 
     data = physionet2012.load("data/physionet2012", split_seed=0)   # {"train", "valid", "test"}
     model = physionet2012.build_model()
-    ik.fit(model, data["train"], data["valid"], **physionet2012.recipe())
+    ik.fit(model, data["train"], data["valid"], **physionet2012.recipe().fit_arguments())
     physionet2012.clinical_metrics(model, data["valid"], data["test"])  # AUROC, AUPRC, event-1, ...
 """
 
@@ -39,24 +39,27 @@ import warnings
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 from torch import nn
 
+from ..blocks import LateFusion, mlp
+from ..data import TensorData, split_sizes
 from ..experts import I2M2, Expert
+from ..inference import predict
 from ..io import read_metadata
 from ..metrics import event1_threshold, threshold_metrics
-from ..data import TensorData
-from ..inference import predict
-from .mimic import Joint, mlp  # the same joint expert and MLP as MultiBench's MIMIC-III
+from ..protocol import Recipe, defined_metric
 
 MODALITIES = ("static", "series")
 HOURS, VARIABLES, STATIC = 48, 37, 8
 OUTCOMES = ("SAPS-I", "SOFA", "Length_of_stay", "Survival", "In-hospital_death")  # the file's columns
 LABEL, REFERENCE = "In-hospital_death", "SAPS-I"
+CLASS_NAMES = ("survived", "died")
+CLINICAL_METRICS = ("auroc", "auprc", "event1", "balanced_accuracy")  # what notebook 02 reports
 FORMAT_VERSION = 1
 BUILD = "python data_scripts/prepare_physionet2012.py --raw ../shared/data/physionet2012 --out {path}"
 ARRAYS = {"record_id": (), "static": (STATIC,), "static_mask": (STATIC,), "series": (HOURS, VARIABLES),
@@ -217,6 +220,39 @@ def clinical_over_seeds(models: list[I2M2], valid: TensorData, test: TensorData,
     return out
 
 
+def prepare(prepared: str | Path, data_dir: str | Path) -> Path:
+    """``prepared`` built from the challenge's files in ``data_dir`` (looked up from here and
+    the repository root) unless it holds this build already."""
+    from ..runner import find_folder, prepare_data
+
+    raw = find_folder(data_dir)
+    if raw is None and not (Path(prepared) / "metadata.json").exists():
+        raise FileNotFoundError(f"data_dir={str(data_dir)!r}: no such folder here or in the repository")
+    return prepare_data("physionet2012", raw, prepared, args=("--no-progress",))
+
+
+def describe(prepared: str | Path, data: dict[str, TensorData]) -> dict[str, int]:
+    """Print each challenge set's stays, deaths and implausible values dropped, and each
+    split's size and outcomes; return the split sizes."""
+    for name, s in metadata(prepared)["sets"].items():
+        dropped = sum(c["implausible"] for c in s["measurements"].values())
+        print(f"set {name}: {s['records']} ICU stays, {s['in_hospital_deaths']} in-hospital deaths; "
+              f"{dropped} implausible values dropped")
+    return split_sizes(data, CLASS_NAMES, "stays")
+
+
+def clinical_table(trained: Sequence[Mapping[str, I2M2]], prepared: str | Path, data: dict[str, TensorData],
+                   device: str = "auto", **split: Any) -> dict[str, dict[str, float]]:
+    """SAPS-I alone, then each model (``compare_across_seeds``'s trained models): the
+    CLINICAL_METRICS of ``clinical_metrics``, means over the seeds. ``split``: the arguments
+    ``data`` was loaded with (``test_set``, ``stays``...), so that SAPS-I is scored on the same stays."""
+    reference = reference_scores(prepared, **split)
+    table = {"SAPS-I alone": clinical_metrics_of_scores(reference["valid"], reference["test"])}
+    for name in trained[0]:
+        table[name] = clinical_over_seeds([models[name] for models in trained], data["valid"], data["test"], device)
+    return {name: {m: values[m] for m in CLINICAL_METRICS} for name, values in table.items()}
+
+
 # ---------------------------------------------------------------------- experts
 
 
@@ -244,13 +280,20 @@ def build_model(hidden: int = 64, static_hidden: int = 32, head_hidden: int = 64
     return I2M2({
         "static": Expert(nn.Sequential(static_encoder(), head(static_hidden)), reads="static"),
         "series": Expert(nn.Sequential(SeriesEncoder(hidden=hidden), head(series_out)), reads="series"),
-        "joint": Expert(Joint(static_encoder(), SeriesEncoder(hidden=hidden), head(static_hidden + series_out)),
-                        reads=MODALITIES),
+        "joint": Expert(LateFusion({"static": static_encoder(), "series": SeriesEncoder(hidden=hidden)},
+                                   head=head(static_hidden + series_out)), reads=MODALITIES),
     })
 
 
-def recipe(epochs: int = 20, regime: str = "joint") -> dict[str, Any]:
-    """``fit`` arguments: Adam lr 1e-3 with weight decay 1e-4, batch 64, gradients clipped at 1,
-    selection on validation AUPRC (the rare class's ranking), stopping after 5 epochs without gain."""
-    return dict(regime=regime, epochs=epochs, batch_size=64, monitor="auprc", patience=5, clip_grad_norm=1.0,
-                optimizer=functools.partial(torch.optim.Adam, lr=1e-3, weight_decay=1e-4))
+def recipe(epochs: int | None = None, regime: str = "joint") -> Recipe:
+    """``epochs`` (20 by default) with Adam lr 1e-3 and weight decay 1e-4, batch 64, gradients
+    clipped at 1, selection on validation AUPRC (the rare class's ranking), stopping after 5
+    epochs without gain."""
+    return Recipe(regime=regime, epochs=20 if epochs is None else epochs, batch_size=64, monitor="auprc", patience=5,
+                  clip_grad_norm=1.0, optimizer=functools.partial(torch.optim.Adam, lr=1e-3, weight_decay=1e-4))
+
+
+def selection_metric(data: dict[str, TensorData], preferred: str | None = None) -> str:
+    """``preferred`` (default: the recipe's monitor, AUPRC) when it is defined on the
+    validation split (both outcomes there), else ``"loss"``."""
+    return defined_metric(data["valid"], "categorical", 2, preferred or recipe().monitor)

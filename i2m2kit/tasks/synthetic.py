@@ -8,11 +8,10 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .. import vision_language
 from ..blocks import Concat, LateFusion, mlp
 from ..data import TensorData
 from ..experts import I2M2, Expert
-from ..protocol import Recipe
+from ..protocol import Recipe, defined_metric
 from ..simulate import SelectionBatch, SelectionModel
 
 
@@ -47,7 +46,7 @@ def selection_metric(data: dict[str, TensorData], preferred: str | None = None) 
     validation split, else ``"loss"``."""
     valid = data["valid"]
     n_classes = int(valid.targets.max()) + 1 if len(valid) else 2
-    return vision_language.selection_metric(valid, "categorical", n_classes, preferred or recipe().monitor)
+    return defined_metric(valid, "categorical", n_classes, preferred or recipe().monitor)
 
 
 def dataset(batch: SelectionBatch) -> TensorData:

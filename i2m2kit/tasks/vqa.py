@@ -36,7 +36,7 @@ from ..experts import I2M2
 from ..inference import Predictions
 from ..io import package_folder, read_metadata
 from ..metrics import vqa_score
-from ..protocol import Recipe
+from ..protocol import Recipe, defined_metric
 from ..runner import find_folder, prepare_data
 from ..vision_language import GridEncoder, TextSpec, tokenize
 
@@ -180,8 +180,8 @@ def recipe(epochs: int | None = None, regime: str = "joint", lr: float | None = 
 def selection_metric(data: VQAData, preferred: str | None = None) -> str:
     """``preferred`` (default: the recipe's monitor, the VQA score) when it is defined on the
     validation split, else ``"loss"``."""
-    return vision_language.selection_metric(data.splits["valid"], "soft_scores", len(data.answers),
-                                            preferred or recipe().monitor)
+    return defined_metric(data.splits["valid"], "soft_scores", len(data.answers),
+                          preferred or recipe().monitor)
 
 
 # ---------------------------------------------------------------------- what the notebook shows
