@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -67,6 +68,10 @@ def flat(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): value}
 
 
+def same(a: Any, b: Any) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+
+
 def capture(out: Path, keys: list[str], shared: Path) -> None:
     from i2m2kit.runner import run_notebook
 
@@ -90,7 +95,7 @@ def compare(before: Path, after: Path) -> int:
             differences += 1
             continue
         a, b = flat(json.loads(file.read_text())), flat(json.loads(other.read_text()))
-        changed = [k for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+        changed = [k for k in sorted(set(a) | set(b)) if not same(a.get(k, "<absent>"), b.get(k, "<absent>"))]
         print(f"{file.stem}: {len(a)} numbers, " + (f"{len(changed)} differ" if changed else "identical"))
         for k in changed:
             print(f"    {k}: {a.get(k, '<absent>')} -> {b.get(k, '<absent>')}")
