@@ -32,12 +32,12 @@ def load(args):
         images = ("--images", args.images) if args.images else ()
         prepare_data("vqa", args.raw or vqa.easy_vqa_dir(), args.prepared,
                      args=("--dataset", args.dataset, "--min-answer-count", str(args.min_answer_count), *images))
-        data = vqa.load(args.prepared, args.backbone, image_size=args.image_size, limit=args.n_train)
-        return (data, lambda: vqa.build_model(data, fusion=args.fusion, shared_backbone=shared),
+        data = vqa.load(args.prepared, args.text_model, image_size=args.image_size, limit=args.n_train)
+        return (data, lambda: vqa.build_model(data, fusion=args.fusion, shared_backbone=shared, image_model=args.image_model),
                 vqa.recipe(args.epochs, args.regime, args.lr), "vqa_score", ("prior", vqa.prior_baseline(data)["test"]))
     prepare_data("nlvr", args.raw or "../shared/data/nlvr/nlvr1", args.prepared, args=("--downsample", str(args.downsample)))
-    data = nlvr.load(args.prepared, args.backbone, downsample=args.downsample, limit=args.n_train)
-    return (data, lambda: nlvr.build_model(data, fusion=args.fusion, shared_backbone=shared),
+    data = nlvr.load(args.prepared, args.text_model, downsample=args.downsample, limit=args.n_train)
+    return (data, lambda: nlvr.build_model(data, fusion=args.fusion, shared_backbone=shared, image_model=args.image_model),
             nlvr.recipe(args.epochs, args.regime, args.lr), "accuracy", ("majority", nlvr.majority_baseline(data)["test"]))
 
 
@@ -51,8 +51,10 @@ def main() -> None:
     parser.add_argument("--min-answer-count", type=int, default=9, help="VQA v2 / VQA-VS: answer candidates seen this often")
     parser.add_argument("--image-size", type=int, default=32, help="VQA: pictures averaged down to this size")
     parser.add_argument("--downsample", type=int, default=5, choices=[1, 2, 5, 10], help="NLVR: image size 1/d")
-    parser.add_argument("--backbone", default="auto", choices=vision_language.TEXT_MODELS)
-    parser.add_argument("--regime", default="joint", choices=["joint", "frozen_backbone"])
+    parser.add_argument("--text-model", default="auto", help=f"one of {vision_language.TEXT_MODELS}, or a transformers "
+                                                             "checkpoint (hub name or folder)")
+    parser.add_argument("--image-model", default="scratch", help="scratch, or a transformers vision checkpoint")
+    parser.add_argument("--regime", default="joint", choices=["joint", "frozen_backbone", "pretrain_finetune"])
     parser.add_argument("--fusion", help="joint expert: attention, concat or product (default: concat for VQA, "
                                          "attention for NLVR)", choices=vision_language.FUSIONS)
     parser.add_argument("--epochs", type=int, default=20)
@@ -76,7 +78,8 @@ def main() -> None:
         rows.append({"model": f"i2m2, {r['modalities']} only" if "+" not in r["modalities"] else "i2m2 (both)",
                      metric: sum(values) / len(values), f"{metric}_runs": values})
     rows.insert(0, {"model": baseline, metric: baseline_value})
-    print(f"{args.task}: {data.text.model} text encoder, regime {args.regime}, fusion {args.fusion}; "
+    print(f"{args.task}: {data.text.model} text encoder, {args.image_model} image encoder, regime {args.regime}, "
+          f"fusion {args.fusion}; "
           f"trained on {len(data.splits['train'])}, selected on {len(data.splits['valid'])}, "
           f"test {len(data.splits['test'])}; seeds {args.seeds}, {args.epochs} epochs, {seconds:.0f} s")
     print(format_table(rows, [("model", "model"), (metric, f"test {metric}"), (f"{metric}_std", "std"),

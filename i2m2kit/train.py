@@ -43,8 +43,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from . import checkpoints, distributed
-from .data import check_not_empty, make_loader, modalities_of, to_device
+from .data import TensorData, check_not_empty, make_loader, modalities_of, to_device
 from .experts import I2M2, MissingModalityError
+from .features import cached_features, heads_on_features
 from .inference import autocast, evaluate, resolve_device
 
 REGIMES = ("joint", "pretrain_finetune", "finetune", "frozen_backbone")
@@ -199,6 +200,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     pretrained: Iterable[str] = (),
+    feature_cache: bool | str | os.PathLike = True,
 ) -> FitResult:
     """Train ``model`` in place and return its history.
 
@@ -235,6 +237,10 @@ def fit(
             a checkpoint of anything else (another regime, other epochs, other widths), or an
             unreadable one, is refused in one line saying what differs. Without ``last.pt``
             training starts afresh.
+        feature_cache: with ``regime="frozen_backbone"`` and in-memory data, the frozen
+            backbone's outputs are computed once and the heads train on them (``features.py``):
+            kept in memory (True), or memory-mapped in this folder, keyed by the backbone and
+            the data; False runs the backbone again every epoch.
     """
     for name, value in (("epochs", epochs), ("seed", seed), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # 2.5 epochs, seed "0"...
@@ -251,7 +257,8 @@ def fit(
     distributed.init_from_env()  # under torchrun: join the process group
     run = _Run(model, train, valid, make_optimizer, batch_size, clip_grad_norm, monitor, patience, amp, seed, progress,
                device=distributed.device_for_rank(resolve_device(device)),  # resolved once, for the whole run
-               directory=Path(checkpoint_dir).expanduser() if checkpoint_dir is not None else None)
+               directory=Path(checkpoint_dir).expanduser() if checkpoint_dir is not None else None,
+               feature_cache=feature_cache)
     # a second fit writing the same checkpoints would overwrite this one's: refused at once
     with checkpoints.run_lock(run.directory) if run.directory is not None and run.main else contextlib.nullcontext():
         state = None
@@ -320,6 +327,7 @@ class _Run:
     progress: bool
     device: torch.device
     directory: Path | None
+    feature_cache: bool | str | os.PathLike = True
     fingerprint: dict | None = None
     weight: torch.Tensor | None = None
     result: FitResult = field(default_factory=FitResult)
@@ -340,9 +348,13 @@ class _Run:
         return state["phase"]
 
     def train_phase(self, index: int, phase: Phase, state: dict | None, restore_best: bool) -> None:
-        net = phase.model
+        train, valid = self.train, self.valid
         if phase.frozen is not None:
             phase.frozen.requires_grad_(False)
+            if phase.frozen is phase.model.backbone and self.feature_cache is not False and all(
+                    d is None or isinstance(d, TensorData) for d in (train, valid)):
+                phase, train, valid = self.on_features(phase)  # the backbone runs once, not every epoch
+        net = phase.model
         forward = net  # DDP averages the gradients of the ranks during backward
         if distributed.active():
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -360,17 +372,17 @@ class _Run:
         self.trained_until = time.perf_counter() - self.started
         if phase.from_trained and self.valid is not None and first_epoch == 0:
             # fine-tuning can only make pretrained experts worse on validation: keep that option
-            self.validate(net, selection, {"phase": phase.name, "epoch": 0, "train_loss": None})
+            self.validate(net, selection, {"phase": phase.name, "epoch": 0, "train_loss": None}, valid)
         bar = tqdm(range(first_epoch, phase.epochs), desc=phase.name, disable=not self.progress or not self.main,
                    initial=first_epoch, total=phase.epochs)
         for epoch in bar:
             if self.patience is not None and selection.bad_epochs >= self.patience:
                 break
             row = {"phase": phase.name, "epoch": epoch + 1,
-                   "train_loss": self.train_epoch(index, phase, epoch, forward, opt, scaler)}
+                   "train_loss": self.train_epoch(index, phase, epoch, forward, opt, scaler, train)}
             self.trained_until = time.perf_counter() - self.started
-            if self.valid is not None:
-                self.validate(net, selection, row)
+            if valid is not None:
+                self.validate(net, selection, row, valid)
                 bar.set_postfix(train_loss=f"{row['train_loss']:.4f}",
                                 **{self.monitor: f"{row['valid_' + self.monitor]:.4f}"})
             else:
@@ -381,10 +393,18 @@ class _Run:
         if restore_best and selection.best_state is not None:
             self.model.load_state_dict(selection.best_state)
 
-    def train_epoch(self, index: int, phase: Phase, epoch: int, forward, opt, scaler) -> float:
-        """One epoch of steps; the mean training loss (over ranks too)."""
+    def on_features(self, phase: Phase) -> tuple[Phase, TensorData, TensorData | None]:
+        """The phase's heads on the frozen backbone's kept outputs, and the data as those outputs."""
+        kept = [None if data is None else cached_features(phase.frozen, data, self.device, self.amp, self.feature_cache,
+                                                         progress=self.progress and self.main, name=name)
+                for name, data in (("train", self.train), ("valid", self.valid))]
+        heads = heads_on_features(phase.model, sorted(kept[0].inputs))
+        return Phase(phase.name, heads, phase.epochs, from_trained=phase.from_trained), kept[0], kept[1]
+
+    def train_epoch(self, index: int, phase: Phase, epoch: int, forward, opt, scaler, train) -> float:
+        """One epoch of steps over ``train``; the mean training loss (over ranks too)."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index * 10_007 + epoch)
-        loader = make_loader(self.train, self.batch_size, shuffle=True, generator=generator)
+        loader = make_loader(train, self.batch_size, shuffle=True, generator=generator)
         phase.model.train()
         if phase.frozen is not None:
             phase.frozen.eval()
@@ -397,7 +417,7 @@ class _Run:
             target = target.to(self.device, non_blocking=True)
             scale = 1.0
             if distributed.active():  # this rank's share of the global batch's mean loss
-                global_size = min(self.batch_size, len(self.train) - step * self.batch_size)
+                global_size = min(self.batch_size, len(train) - step * self.batch_size)
                 scale = distributed.loss_scale(len(target), global_size)
             loss = train_step(forward, to_device(inputs, self.device), target, opt, loss_of=phase.model.loss,
                               scaler=scaler, loss_weight=self.weight, clip_grad_norm=self.clip_grad_norm,
@@ -422,8 +442,8 @@ class _Run:
                 f"training loss became {float(total)} in phase {phase.name!r}, epoch {epoch + 1}, step "
                 f"{step + 1}: check the inputs for NaN/inf or lower the learning rate")
 
-    def validate(self, net: I2M2, selection: Selection, row: dict[str, Any]) -> None:
-        metrics = evaluate(net, self.valid, device=self.device, loss_weight=self.weight, amp=self.amp, name="valid",
+    def validate(self, net: I2M2, selection: Selection, row: dict[str, Any], valid) -> None:
+        metrics = evaluate(net, valid, device=self.device, loss_weight=self.weight, amp=self.amp, name="valid",
                            strict=True)
         if self.monitor not in metrics:
             raise KeyError(f"monitor={self.monitor!r} is not a validation metric here; "

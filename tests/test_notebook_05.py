@@ -21,13 +21,13 @@ def default_run(shared_data, tmp_path_factory):
     """The default path (joint training, text encoder from scratch) at test size; the
     notebook prepares the data itself."""
     out = tmp_path_factory.mktemp("notebook05")
-    return run_notebook(NOTEBOOK, out, {"data_dir": str(shared_data / "nlvr" / "nlvr1"), "backbone": "scratch", **TINY},
+    return run_notebook(NOTEBOOK, out, {"data_dir": str(shared_data / "nlvr" / "nlvr1"), "text_model": "scratch", **TINY},
                         progress=False)
 
 
 def test_committed_notebook_has_no_outputs_and_a_parameters_cell():
     nb, code, parameters = committed_notebook(NOTEBOOK, (
-        "data_dir", "backbone", "regime", "epochs", "seeds", "device", "output_dir", "image_size"))
+        "data_dir", "text_model", "image_model", "regime", "epochs", "seeds", "device", "output_dir", "image_size"))
     assert "check_parameters(globals())" in code[code.index(parameters) + 1].source
     assert "image_size: Param(int, low=8, high=1024)" in parameters.source  # declared with its check
     assert nb.metadata["i2m2kit"] == {"data_parameter": "data_dir", "data_subdir": "nlvr/nlvr1"}
@@ -39,7 +39,7 @@ def test_default_run_reports_five_models_experts_and_a_modality_removed(default_
     m = default_run["metrics"]
     assert_dependency_report(m)
     assert m["splits"] == {"train": 256, "valid": 989, "test": 990}
-    assert m["backbone"] == "scratch" and m["regime"] == "joint" and m["dataset"] == "nlvr"
+    assert m["text_model"] == "scratch" and m["image_model"] == "scratch" and m["regime"] == "joint" and m["dataset"] == "nlvr"
     assert m["renderer_agreement"]["valid"]["pixels_equal"] >= 0.99
     assert m["majority_baseline"]["test"] == pytest.approx(556 / 990)
     assert set(m["models"]) == MODELS
@@ -59,11 +59,33 @@ def test_default_run_reports_five_models_experts_and_a_modality_removed(default_
 def test_frozen_shared_backbone_with_concatenation_runs(default_run, tmp_path):
     prepared = Path(default_run["notebook"]).parent / "prepared"
     result = run_notebook(NOTEBOOK, tmp_path, {"data_dir": "/nonexistent", "prepared_dir": str(prepared),
-                                               "regime": "frozen_backbone", "fusion": "concat", "backbone": "auto",
+                                               "regime": "frozen_backbone", "fusion": "concat", "text_model": "auto",
                                                **TINY, "n_train": 64}, progress=False)
     assert not notebook_errors(result["notebook"])
     m = result["metrics"]
     assert m["regime"] == "frozen_backbone" and set(m["models"]) == MODELS
+
+
+@pytest.mark.parametrize("regime", ["frozen_backbone", "joint"])
+def test_pretrained_checkpoints_by_path_are_the_text_and_image_models(default_run, tmp_path, regime):
+    """Tiny checkpoints written with save_pretrained, given by folder: a BERT-like text model
+    with its tokenizer and a ViT-like image model with its processor; frozen (features
+    computed once) or fine-tuned."""
+    from tiny_checkpoints import write_bert, write_vit
+
+    bert, vit = write_bert(tmp_path / "bert"), write_vit(tmp_path / "vit")
+    prepared = Path(default_run["notebook"]).parent / "prepared"
+    result = run_notebook(NOTEBOOK, tmp_path / "run", {"data_dir": "/nonexistent", "prepared_dir": str(prepared),
+                                                       "text_model": str(bert), "image_model": str(vit),
+                                                       "regime": regime, "fusion": "concat", **TINY, "n_train": 64,
+                                                       "feature_cache_dir": str(tmp_path / "features")},
+                          progress=False)
+    assert not notebook_errors(result["notebook"])
+    m = result["metrics"]
+    assert m["text_model"] == str(bert) and m["image_model"] == str(vit) and m["regime"] == regime
+    # frozen: the training and validation features, once, on disk; fine-tuned: none
+    assert len(list((tmp_path / "features").glob("*/key.json"))) == (2 if regime == "frozen_backbone" else 0)
+    assert set(m["models"]) == MODELS and all(0 <= v["accuracy"] <= 1 for v in m["models"].values())
 
 
 def test_bad_parameter_is_named(tmp_path):
@@ -83,7 +105,7 @@ def test_nlvr2_run_on_a_miniature_folder_shows_image_pairs_and_five_models(share
     """NLVR2: the notebook tells the data set from the folder, prepares it at image_size and
     trains the five models with the pair encoder."""
     root, _ = make_nlvr2(shared_data, tmp_path / "nlvr2")
-    result = run_notebook(NOTEBOOK, tmp_path / "run", {"data_dir": str(root), "backbone": "scratch", "image_size": 16,
+    result = run_notebook(NOTEBOOK, tmp_path / "run", {"data_dir": str(root), "text_model": "scratch", "image_size": 16,
                                                        "epochs": 1, "seeds": [0], "n_train": 32}, progress=False)
     assert not notebook_errors(result["notebook"])
     m = result["metrics"]

@@ -44,7 +44,7 @@ from ..inference import Predictions
 from ..io import read_metadata
 from ..protocol import Recipe, defined_metric
 from ..runner import find_folder, prepare_data
-from ..vision_language import GridEncoder, TextSpec, tokenize
+from ..vision_language import TextSpec, tokenize
 
 SPLITS = ("train", "valid", "test")
 CLASS_NAMES = ("false", "true")
@@ -171,10 +171,10 @@ class BoxEncoder(nn.Module):
     """One ``GridEncoder`` run on each of the three boxes (shared weights); the cells of all
     three are the picture's regions, ``(B, 3 * cells, width)``, with no mark of their box."""
 
-    def __init__(self, width: int = 32, blocks: int = 3):
+    def __init__(self, width: int = 32, blocks: int = 3, image_model: str = "scratch"):
         super().__init__()
-        self.grid = GridEncoder(width, blocks)
-        self.width = width
+        self.grid = vision_language.image_encoder(image_model, width, blocks)  # or a pretrained tower, per box
+        self.width = self.grid.width
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, w = len(image), image.shape[-1]
@@ -191,11 +191,11 @@ class PairEncoder(nn.Module):
     regions, ``(B, 2 * cells, width)``, left first, each with a learned embedding of its side
     added, so a region knows whether it is in the left or the right image."""
 
-    def __init__(self, width: int = 32, blocks: int = 3):
+    def __init__(self, width: int = 32, blocks: int = 3, image_model: str = "scratch"):
         super().__init__()
-        self.grid = GridEncoder(width, blocks)
-        self.side = nn.Parameter(torch.randn(2, width) * 0.1)  # left, right
-        self.width = width
+        self.grid = vision_language.image_encoder(image_model, width, blocks)  # or a pretrained tower, per photograph
+        self.width = self.grid.width
+        self.side = nn.Parameter(torch.randn(2, self.width) * 0.1)  # left, right
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if image.ndim != 5 or image.shape[1] != 2:
@@ -211,17 +211,21 @@ DATASETS = {"nlvr": BoxEncoder, "nlvr2": PairEncoder}
 
 def build_model(data: NLVRData | None = None, image_width: int = 32, text_width: int = 64, text_layers: int = 2,
                 fusion: str = "attention", hidden: int = 64, shared_backbone: bool = False,
-                dataset: str | None = None, text: TextSpec | None = None) -> I2M2:
+                dataset: str | None = None, text: TextSpec | None = None, image_model: str = "scratch") -> I2M2:
     """I2M2 with experts ``image`` (v1: boxes; NLVR2: the image pair), ``text`` and ``joint``,
     each with 2 logits. The sentence tokens and the data set are those of ``data`` (what
-    ``load`` returned), or given as ``text`` and ``dataset`` (``"nlvr"`` by default)."""
+    ``load`` returned), or given as ``text`` and ``dataset`` (``"nlvr"`` by default); the text
+    encoder is the one the tokens were made for (``load``'s ``text_model``). ``image_model``:
+    ``"scratch"`` (a ``GridEncoder`` of ``image_width``) or a ``transformers`` vision checkpoint,
+    run on each box (v1) or each photograph (NLVR2)."""
     text = text or (data.text if data is not None else None)
     dataset = dataset or (data.dataset if data is not None else "nlvr")
     if text is None:
         raise ValueError("build_model needs the data (nlvr.load's result), or text=")
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {tuple(DATASETS)}, got {dataset!r}")
-    return vision_language.build_model(functools.partial(DATASETS[dataset], image_width), text, len(CLASS_NAMES),
+    return vision_language.build_model(functools.partial(DATASETS[dataset], image_width, image_model=image_model), text,
+                                       len(CLASS_NAMES),
                                        text_width=text_width, text_layers=text_layers, fusion=fusion,
                                        hidden=hidden, shared_backbone=shared_backbone)
 

@@ -38,7 +38,7 @@ from ..io import package_folder, read_metadata
 from ..metrics import vqa_score
 from ..protocol import Recipe, defined_metric
 from ..runner import find_folder, prepare_data
-from ..vision_language import GridEncoder, TextSpec, tokenize
+from ..vision_language import TextSpec, tokenize
 
 SPLITS = ("train", "valid", "test")
 
@@ -156,16 +156,19 @@ def ood_scores(probs: torch.Tensor | np.ndarray, data: VQAData) -> dict[str, flo
 
 def build_model(data: VQAData | None = None, image_width: int = 32, image_blocks: int = 3, text_width: int = 64,
                 text_layers: int = 2, fusion: str = "attention", hidden: int = 64, shared_backbone: bool = False,
-                text: TextSpec | None = None, n_answers: int | None = None) -> I2M2:
+                text: TextSpec | None = None, n_answers: int | None = None, image_model: str = "scratch") -> I2M2:
     """I2M2 with experts ``image``, ``text`` (the question) and ``joint``, one log-odds per answer.
 
     The question tokens and the answers are those of ``data`` (what ``load`` returned), or
-    given as ``text`` and ``n_answers``."""
+    given as ``text`` and ``n_answers``; the text encoder is the one the tokens were made for
+    (``load``'s ``text_model``). ``image_model``: ``"scratch"`` (a ``GridEncoder`` of
+    ``image_width`` and ``image_blocks``) or a ``transformers`` vision checkpoint."""
     text = text or (data.text if data is not None else None)
     n_answers = n_answers or (len(data.answers) if data is not None else None)
     if text is None or n_answers is None:
         raise ValueError("build_model needs the data (vqa.load's result), or text= and n_answers=")
-    return vision_language.build_model(functools.partial(GridEncoder, image_width, image_blocks), text,
+    return vision_language.build_model(functools.partial(vision_language.image_encoder, image_model, image_width,
+                                                         image_blocks), text,
                                        n_answers, likelihood="soft_scores", text_width=text_width,
                                        text_layers=text_layers, fusion=fusion, hidden=hidden,
                                        shared_backbone=shared_backbone)
