@@ -6,6 +6,8 @@ of the model's likelihood, from probabilities, the same way for every model.
 
 from __future__ import annotations
 
+import itertools
+
 from dataclasses import dataclass
 
 import torch
@@ -73,7 +75,11 @@ def predict(model: I2M2, data, batch_size: int = 512, device: str | torch.device
     check_not_empty(data, name)
     device = distributed.device_for_rank(resolve_device(device))
     was_training = model.training
-    model.to(device).eval()
+    elsewhere = (t.device.type != device.type or device.index not in (None, t.device.index)
+                 for t in itertools.chain(model.parameters(), model.buffers()))
+    if any(elsewhere):
+        model.to(device)  # fit's validations find it there already: nothing moves
+    model.eval()
     logits, experts, targets = [], {}, []
     local = data if isinstance(data, DataLoader) else local_part(data)
     for inputs, target in tqdm(make_loader(local, batch_size, shard=False), desc="predict", leave=False,

@@ -52,7 +52,9 @@ def _load(kind: str, checkpoint: str, local_files_only: bool):
     try:
         return auto.from_pretrained(str(path) if path.is_dir() else checkpoint, local_files_only=local_files_only)
     except (OSError, ValueError) as e:
-        where = ("the folder holds no such files" if path.is_dir() else
+        what = {"model": "config.json and the weights", "tokenizer": "the tokenizer's files (tokenizer_config.json, "
+                "its vocabulary)", "image_processor": "preprocessor_config.json"}[kind]
+        where = (f"the folder holds no such files ({what}: write them with save_pretrained)" if path.is_dir() else
                  "not a folder here, and not found in the local cache" if local_files_only else
                  "not a folder here, and the model hub could not give it")
         raise OSError(f"checkpoint {checkpoint!r} ({kind}): {where}. Pass a folder written by save_pretrained, or a "

@@ -75,6 +75,22 @@ def test_vqa_vs_runs_the_published_setting_and_scores_the_ood_sets(tmp_path):
         assert scores["OOD mean"] == pytest.approx((scores["QT"] + scores["KO"] + scores["KW+KO"]) / 3)
 
 
+def test_a_dual_encoder_checkpoint_by_path_is_both_towers_frozen(default_run, tmp_path):
+    """A tiny CLIP-like checkpoint written with save_pretrained, given by folder as the text
+    and the image model: one frozen backbone, its features computed once, three heads."""
+    from tiny_checkpoints import write_clip
+
+    clip = str(write_clip(tmp_path / "clip"))
+    prepared = Path(default_run["notebook"]).parent / "prepared"
+    result = run_notebook(NOTEBOOK, tmp_path / "run", {**TINY, "prepared_dir": str(prepared), "text_model": clip,
+                                                       "image_model": clip, "regime": "frozen_backbone"},
+                          progress=False)
+    assert not notebook_errors(result["notebook"])
+    m = result["metrics"]
+    assert m["text_model"] == clip and m["image_model"] == clip and m["regime"] == "frozen_backbone"
+    assert set(m["models"]) == MODELS and all(0 <= v["vqa_score"] <= 1 for v in m["models"].values())
+
+
 def test_bad_parameter_is_named(tmp_path):
     import papermill
 

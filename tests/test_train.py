@@ -313,3 +313,17 @@ def test_a_recipe_is_the_fit_arguments_and_the_overrides_of_each_model(sim_data,
     drop = lambda rows: [{k: v for k, v in r.items() if k != "train_seconds"} for r in rows]  # noqa: E731
     assert drop(by_recipe) == drop(by_arguments)
     assert next(r for r in by_recipe if r["model"] == "inter")["best_epoch"] == 2
+
+
+def test_validation_does_not_move_the_model_again():
+    """fit puts the model on its device once; each epoch's validation finds it there."""
+    torch.manual_seed(0)
+    data = ik.TensorData({"x": torch.randn(64, 3)}, torch.randint(0, 2, (64,)))
+    model = ik.I2M2({"x": ik.Expert(torch.nn.Linear(3, 2), reads="x")})
+    moves = []
+    original = model.to
+    model.to = lambda *a, **k: moves.append(a) or original(*a, **k)
+    ik.fit(model, data, data, epochs=3, batch_size=16, device="cpu", progress=False)
+    assert len(moves) == 1
+    ik.predict(model, data, device="cpu")
+    assert len(moves) == 1
