@@ -38,7 +38,6 @@ per series variable over all steps) and are applied to every split.
 from __future__ import annotations
 
 import functools
-import json
 import random
 from pathlib import Path
 
@@ -49,6 +48,7 @@ from torch import nn
 from ..blocks import LateFusion, mlp
 from ..data import TensorData, split_sizes
 from ..experts import I2M2, Expert
+from ..io import read_metadata
 from ..protocol import Recipe, defined_metric
 
 MODALITIES = ("static", "series")
@@ -164,7 +164,7 @@ def prepare(prepared: str | Path, data_dir: str | Path) -> Path:
 def describe(prepared: str | Path, data: dict[str, TensorData], task: str) -> dict[str, int]:
     """Print the cohort, the in-hospital mortality and each split's size and classes; return
     the split sizes."""
-    meta = json.loads((Path(prepared) / "metadata.json").read_text())
+    meta = read_metadata(prepared, f"python data_scripts/prepare_mimic.py --raw DIR --out {prepared}")
     print(f"{meta['cohort']['measurements_spanning_more_than_24h']} admissions (one ICU stay each); "
           f"in-hospital mortality {meta['prevalence']['mortality/in_hospital']:.3f}")
     return split_sizes(data, class_names(task), "stays")
